@@ -1,0 +1,287 @@
+"""Typed configuration and named presets.
+
+One dataclass per component; `ExperimentConfig` bundles them. Presets are plain functions of the
+form `create_config(preset, **overrides)`; overrides use dotted keys (``"train.steps": 100``) or
+nested dicts. Unknown keys are an error with a suggestion, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key, wrong type, inconsistent values."""
+
+
+@dataclass
+class CodebookConfig:
+    source: str = "smollm2"  # "smollm2" (packaged, offline), a Hugging Face id/folder, or "random:V:D"
+    max_size: int | None = 8192  # keep the first N lexical ids (BPE merge order ~ frequency); None = all
+    min_chars: int = 2  # shortest word kept (letters, without the leading space)
+    ascii_only: bool = True  # restrict to A-Za-z words (readable in any prompt)
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 32  # px, square; 128 in the paper
+    base_channels: int = 32  # width of the first encoder stage
+    channel_mults: tuple[int, ...] = (1, 2, 4)  # one stage per entry; len-1 downsamplings by 2
+    num_res_blocks: int = 1  # residual blocks per stage
+    latent_channels: int = 128  # encoder output width before the projection into codebook space
+    layer_sizes: tuple[int, ...] = (1, 2, 4, 8, 8)  # tokens per side of each pyramid layer
+    quantizer: str = "saq"  # "saq" (SPAE streaming average) or "rq" (residual quantization)
+    project_to_codebook: bool = True  # trainable 1x1 projection latent -> codebook space (V2L-style)
+    standardize_codebook: bool = True  # centre and rescale the frozen codebook (keeps ids, eases fitting)
+    codebook_projection_dim: int | None = 64  # trainable map of the frozen rows to a search space; None: raw
+    normalize_latents: bool = True  # RMS-normalise latents to codebook scale (stops drift and collapse)
+
+    @property
+    def latent_grid(self) -> int:
+        """Side of the latent grid: image_size / 2**(number of downsamplings)."""
+        return self.image_size // 2 ** (len(self.channel_mults) - 1)
+
+
+@dataclass
+class LossConfig:
+    l2_weight: float = 1.0  # pixel MSE
+    l1_weight: float = 0.0  # pixel L1
+    gradient_weight: float = 0.1  # L1 between image gradients: sharper edges, needs no download
+    commitment_weight: float = 0.25  # pulls latents towards their words (encoder side)
+    codebook_weight: float = 1.0  # pulls the projected words towards the latents (projection only)
+    depth_sampling: str = "mixed"  # "mixed": each image decodes from a random depth; "full": deepest only
+    full_depth_fraction: float = 0.5  # with "mixed": share of images decoded from every layer
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "scenes"  # built-in name (scenes, digits, mnist) or an ImageFolder folder / .tar(.gz)
+    num_images: int = 20000  # synthetic scenes: size of the training set
+    heldout_images: int = 256  # held-out images for evaluation (never trained on)
+    max_per_class: int | None = None  # cap for folder datasets
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3  # AdamW peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250  # held-out PSNR per depth
+    figure_every: int = 500  # reconstruction figure
+    checkpoint_every: int = 250
+    max_minutes: float | None = None  # optional wall-clock budget; stops early and checkpoints
+    device: str = "auto"  # "auto": CUDA if available else CPU
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "fp32", "bf16"
+    num_threads: int | None = None  # torch threads on CPU; None = all cores
+
+
+@dataclass
+class ExperimentConfig:
+    preset: str = "small"
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Overrides on top of the dataclass defaults (which are the "small" CPU preset).
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a CPU: for tests and smoke runs.
+    "tiny": {
+        "codebook.source": "smollm2",
+        "codebook.max_size": 1024,
+        "model.image_size": 16,
+        "model.base_channels": 16,
+        "model.channel_mults": (1, 2),
+        "model.latent_channels": 32,
+        "model.layer_sizes": (1, 2, 4, 8, 8),
+        "data.num_images": 512,
+        "data.heldout_images": 32,
+        "train.steps": 40,
+        "train.batch_size": 16,
+        "train.warmup_steps": 5,
+        "train.log_every": 5,
+        "train.eval_every": 20,
+        "train.figure_every": 20,
+        "train.checkpoint_every": 20,
+    },
+    # Minutes on 2 CPU cores, 32 px, 8x8 grid, 5 layers (1, 5, 21, 85, 149 tokens).
+    "small": {},
+    # The paper's scale, for GPUs: 128 px, 16x16 grid, 6 layers (1, 5, 21, 85, 341, 597 tokens).
+    "paper": {
+        "codebook.max_size": None,
+        "model.image_size": 128,
+        "model.base_channels": 128,
+        "model.channel_mults": (1, 1, 2, 2, 4),
+        "model.num_res_blocks": 2,
+        "model.latent_channels": 256,
+        "model.layer_sizes": (1, 2, 4, 8, 16, 16),
+        "data.dataset": "scenes",
+        "data.num_images": 200000,
+        "train.steps": 100000,
+        "train.batch_size": 128,
+        "train.lr": 4e-4,
+        "train.warmup_steps": 2000,
+        "train.eval_every": 2000,
+        "train.figure_every": 2000,
+        "train.checkpoint_every": 2000,
+    },
+}
+
+
+def list_presets() -> list[str]:
+    return list(_PRESETS)
+
+
+def create_config(preset: str = "small", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The named preset with `overrides` (dotted keys or nested dicts) applied and validated."""
+    if preset not in _PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}{_suggest(preset, _PRESETS)}; presets: {list_presets()}")
+    cfg = ExperimentConfig(preset=preset)
+    apply_overrides(cfg, _PRESETS[preset])
+    apply_overrides(cfg, overrides or {})
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a config saved with `to_dict` (checkpoints, reports). Unknown keys are an error."""
+    cfg = ExperimentConfig(preset=str(data.get("preset", "small")))
+    apply_overrides(cfg, {k: v for k, v in data.items() if k != "preset"})
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> None:
+    """Set fields in place from {"section.field": value} or {"section": {"field": value}}."""
+    for key, value in _flatten(overrides).items():
+        section_name, _, field_name = key.partition(".")
+        sections = {f.name: f for f in dataclasses.fields(cfg) if f.name != "preset"}
+        if section_name not in sections or not field_name:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, _all_keys(cfg))}")
+        section = getattr(cfg, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if field_name not in fields:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, _all_keys(cfg))}")
+        hint = typing.get_type_hints(type(section))[field_name]
+        setattr(section, field_name, _coerce(key, value, hint))
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    m = cfg.model
+    if m.quantizer not in ("saq", "rq"):
+        raise ConfigError(f"model.quantizer must be 'saq' or 'rq', got {m.quantizer!r}")
+    downsample = 2 ** (len(m.channel_mults) - 1)
+    if m.image_size % downsample:
+        raise ConfigError(f"model.image_size {m.image_size} is not divisible by {downsample}")
+    grid = m.latent_grid
+    if grid & (grid - 1):
+        raise ConfigError(f"latent grid {grid} must be a power of two (image_size / {downsample})")
+    for n in m.layer_sizes:
+        if n < 1 or n > grid or grid % n or n & (n - 1):
+            raise ConfigError(
+                f"model.layer_sizes {m.layer_sizes}: each must be a power of two dividing the "
+                f"latent grid {grid}"
+            )
+    if list(m.layer_sizes) != sorted(m.layer_sizes):
+        raise ConfigError(f"model.layer_sizes must go coarse to fine, got {m.layer_sizes}")
+    if cfg.loss.depth_sampling not in ("mixed", "full"):
+        raise ConfigError(f"loss.depth_sampling must be 'mixed' or 'full', got {cfg.loss.depth_sampling!r}")
+    if cfg.train.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
+        raise ConfigError("train.steps and train.batch_size must be positive")
+    if not (0.0 <= cfg.loss.full_depth_fraction <= 1.0):
+        raise ConfigError("loss.full_depth_fraction must be in [0, 1]")
+    if not math.isfinite(cfg.train.lr) or cfg.train.lr <= 0:
+        raise ConfigError("train.lr must be a positive number")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _all_keys(cfg: ExperimentConfig) -> list[str]:
+    return [k for k in _flatten(asdict(cfg)) if k != "preset"]
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the field's type hint; accept the string forms a CLI or YAML gives."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {args[0].__name__}, got {value!r}")
+        return tuple(_coerce(key, v, args[0]) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value

@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_write_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success, rename it over `target`.
+
+    Works for a file or a whole directory (written into the yielded path). On error the temporary
+    is removed and `target` is untouched. The rename is atomic on POSIX filesystems because the
+    temporary lives in the same directory.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.unlink(tmp)  # the caller creates a file or a directory here
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        if target.is_dir() and tmp.is_dir():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    with atomic_write_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(target: str | os.PathLike, data) -> None:
+    atomic_write_text(target, json.dumps(data, indent=2, sort_keys=True))

@@ -1,0 +1,201 @@
+"""The SPAE autoencoder: a VQGAN/MAGVIT-style CNN around the token pyramid.
+
+    images (B, 3, S, S) in [0, 1]
+      -> Encoder -> (B, C, G, G) -> 1x1 projection into codebook space -> (B, G*G, D)
+      -> PyramidQuantizer (frozen LLM codebook, SAQ or RQ) -> TokenPyramid
+      -> latent grid at any depth -> 1x1 projection back -> Decoder -> images
+
+`encode` and `decode` are the calls most people need; `forward` is the training path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from spae_lab.codebook import Codebook
+from spae_lab.config import ModelConfig
+from spae_lab.pyramid import (
+    PyramidLayout,
+    PyramidQuantizer,
+    QuantizerOutput,
+    TokenPyramid,
+    standardize,
+)
+
+
+class ShapeError(ValueError):
+    """Images whose shape does not fit the model."""
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> swish -> conv, twice, plus a (projected) skip connection."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(in_channels),
+            nn.SiLU(),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            _norm(out_channels),
+            nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip = (
+            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.block(x)
+
+
+class Encoder(nn.Module):
+    """(B, 3, S, S) -> (B, latent_channels, S / 2**(stages-1), same)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        widths = [config.base_channels * m for m in config.channel_mults]
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        channels = widths[0]
+        for stage, width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                layers.append(ResBlock(channels, width))
+                channels = width
+            if stage < len(widths) - 1:
+                layers.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))  # downsample
+        layers += [ResBlock(channels, channels), _norm(channels), nn.SiLU()]
+        layers.append(nn.Conv2d(channels, config.latent_channels, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, latent_channels, G, G) -> (B, 3, S, S), mirroring the encoder."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        widths = [config.base_channels * m for m in config.channel_mults][::-1]
+        channels = widths[0]
+        layers: list[nn.Module] = [
+            nn.Conv2d(config.latent_channels, channels, 3, padding=1),
+            ResBlock(channels, channels),
+        ]
+        for stage, width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                layers.append(ResBlock(channels, width))
+                channels = width
+            if stage < len(widths) - 1:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                           nn.Conv2d(channels, channels, 3, padding=1)]
+        layers += [_norm(channels), nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class SPAEOutput:
+    reconstructions: torch.Tensor  # (B, 3, S, S) in model space [-1, 1] (not clamped)
+    depths: torch.Tensor  # (B,) number of layers each image was decoded from
+    quant: QuantizerOutput
+
+
+class SPAE(nn.Module):
+    """Semantic Pyramid AutoEncoder over a frozen LLM codebook."""
+
+    def __init__(self, config: ModelConfig, codebook: Codebook):
+        super().__init__()
+        self.config = config
+        self.codebook = codebook
+        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes))
+        table = codebook.embeddings.float()
+        if config.standardize_codebook:
+            table, _, _ = standardize(table)
+        self.quantizer = PyramidQuantizer(self.layout, table, config.quantizer,
+                                          config.codebook_projection_dim)
+        search_dim = self.quantizer.dim
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        if config.project_to_codebook:
+            self.to_codebook = nn.Conv2d(config.latent_channels, search_dim, 1)
+            self.from_codebook = nn.Conv2d(search_dim, config.latent_channels, 1)
+        elif config.latent_channels != search_dim:
+            raise ValueError(
+                f"without a projection, latent_channels ({config.latent_channels}) must equal the "
+                f"codebook search dimension ({search_dim})"
+            )
+        else:
+            self.to_codebook = self.from_codebook = nn.Identity()
+
+    @property
+    def num_layers(self) -> int:
+        return self.layout.num_layers
+
+    def check_images(self, images: torch.Tensor) -> None:
+        s = self.config.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (s, s):
+            raise ShapeError(
+                f"this tokenizer takes images of shape (B, 3, {s}, {s}), got {tuple(images.shape)}; "
+                f"resize them (spae_lab.data.load_image does) or use a checkpoint for that size"
+            )
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) in [0, 1] -> encoder latents in codebook space (B, G*G, D)."""
+        self.check_images(images)
+        z = rearrange(self.to_codebook(self.encoder(images * 2 - 1)), "b d h w -> b (h w) d")
+        if self.config.normalize_latents:
+            # Keep every latent at codebook scale. A small latent's nearest word is simply the
+            # shortest row (collapse to one word); a large one is matched by direction alone
+            # (latent drift, seen in trials with a weak commitment loss).
+            z = z * (self.quantizer.row_rms() / z.pow(2).mean(dim=-1, keepdim=True).add(1e-6).sqrt())
+        return z
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, G*G, D) codebook-space latents -> (B, 3, S, S) in [-1, 1] (unclamped)."""
+        grid = self.layout.grid
+        x = rearrange(latents, "b (h w) d -> b d h w", h=grid, w=grid)
+        return self.decoder(self.from_codebook(x))
+
+    def forward(self, images: torch.Tensor, depths: torch.Tensor | None = None) -> SPAEOutput:
+        """Training path: quantize every layer, decode image b from `depths[b]` layers (default:
+        all). Gradients reach the encoder through the straight-through estimator."""
+        B = images.shape[0]
+        z = self.encode_latents(images)
+        quant = self.quantizer(z)
+        if depths is None:
+            depths = torch.full((B,), self.num_layers, dtype=torch.long, device=images.device)
+        latents = quant.latents[depths - 1, torch.arange(B, device=images.device)]  # (B, N, D)
+        return SPAEOutput(self.decode_latents(latents), depths, quant)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> TokenPyramid:
+        """images (B, 3, S, S) in [0, 1] -> TokenPyramid (ids, positions, words per layer)."""
+        quant = self.quantizer(self.encode_latents(images))
+        return TokenPyramid([i.cpu() for i in quant.ids], self.layout, self.codebook)
+
+    @torch.no_grad()
+    def decode(self, pyramid: TokenPyramid, num_layers: int | None = None) -> torch.Tensor:
+        """The first `num_layers` layers of `pyramid` (default: all it has) -> images in [0, 1]."""
+        device = next(self.parameters()).device
+        latents = self.quantizer.dequantize([i.to(device) for i in pyramid.ids], num_layers)
+        return ((self.decode_latents(latents) + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:
+        """decode(encode(images), num_layers)."""
+        return self.decode(self.encode(images), num_layers)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights to save: everything but the frozen codebook (which is rebuilt from its source)."""
+        return {k: v for k, v in self.state_dict().items() if k != "quantizer.codebook"}

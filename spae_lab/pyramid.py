@@ -1,0 +1,369 @@
+"""The token pyramid: dilation layout, SAQ and RQ over a frozen codebook, the exact inverse.
+
+Layout (SPAE, dilation subsampling). The encoder gives a G x G grid of latents. Layer l of the
+pyramid holds n_l x n_l tokens at *selected* grid positions: stride s = G / n_l, offset s // 2
+(evenly spaced, centred; no pooling). A position belongs to every layer that selects it, and its
+tokens form a stream, coarse to fine. For G = 8 and layers (1, 2, 4, 8, 8) the cumulative token
+counts are 1, 5, 21, 85, 149.
+
+Quantizers, at a position with latent z and c tokens already chosen there (running sum S):
+- SAQ, streaming average quantization (SPAE; the form here is reconstructed, see
+  shared/docs/spae-method.md): k = argmin_k || (c+1) z - S - e_k ||^2, and the position's
+  latent estimate is the running *mean* zhat = (S + e_k) / (c + 1). Every target stays at
+  codebook scale, so deep tokens remain real words.
+- RQ, residual quantization: k = argmin_k || z - S - e_k ||^2, estimate zhat = S + e_k.
+
+Decoding a prefix of d layers: positions already selected read their zhat; every other grid cell
+reads the zhat of the position that the finest layer <= d selected in its cell (nearest-neighbour
+fill), so any prefix gives a full latent grid and reconstruction improves with depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from spae_lab.codebook import Codebook
+
+# Extra memory of one nearest-word search chunk, in float32 elements of the (rows x V) score matrix.
+SEARCH_CHUNK_ELEMENTS = 1 << 24  # 64 MB
+
+
+class PyramidError(ValueError):
+    """Token ids or text that do not fit the pyramid (wrong counts, unknown words)."""
+
+
+@dataclass(frozen=True)
+class PyramidLayout:
+    """Which grid positions each layer selects. `grid` and every layer size are powers of two."""
+
+    grid: int
+    layer_sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        g = self.grid
+        if g < 1 or g & (g - 1):
+            raise PyramidError(f"grid must be a power of two, got {g}")
+        for n in self.layer_sizes:
+            if n < 1 or n > g or g % n or n & (n - 1):
+                raise PyramidError(f"layer size {n} must be a power of two dividing the grid {g}")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_sizes)
+
+    @property
+    def num_positions(self) -> int:
+        return self.grid * self.grid
+
+    def tokens_per_layer(self) -> list[int]:
+        return [n * n for n in self.layer_sizes]
+
+    def cumulative_tokens(self) -> list[int]:
+        out, total = [], 0
+        for n in self.tokens_per_layer():
+            total += n
+            out.append(total)
+        return out
+
+    def coords(self, layer: int) -> torch.Tensor:
+        """(n_l * n_l, 2) row, col grid coordinates selected by `layer` (0-based), row-major."""
+        n = self.layer_sizes[layer]
+        stride = self.grid // n
+        axis = stride // 2 + stride * torch.arange(n)
+        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+        return torch.stack([rows.flatten(), cols.flatten()], dim=1)
+
+    @cached_property
+    def positions(self) -> list[torch.Tensor]:
+        """Per layer, (n_l * n_l,) flat indices (row * grid + col) of its selected positions."""
+        return [(c[:, 0] * self.grid + c[:, 1]) for c in (self.coords(i) for i in range(self.num_layers))]
+
+    @cached_property
+    def prior_counts(self) -> list[torch.Tensor]:
+        """Per layer, for each of its positions, how many earlier layers selected that position."""
+        seen = torch.zeros(self.num_positions, dtype=torch.long)
+        out = []
+        for pos in self.positions:
+            out.append(seen[pos].clone())
+            seen[pos] += 1
+        return out
+
+    @cached_property
+    def counts_after(self) -> list[torch.Tensor]:
+        """Per depth d (1..L at index d-1), (G*G,) number of tokens each position holds."""
+        seen = torch.zeros(self.num_positions, dtype=torch.long)
+        out = []
+        for pos in self.positions:
+            seen[pos] += 1
+            out.append(seen.clone())
+        return out
+
+    @cached_property
+    def fill_index(self) -> list[torch.Tensor]:
+        """Per depth d (index d-1), (G*G,) the position whose estimate each grid cell reads."""
+        out = []
+        for depth in range(1, self.num_layers + 1):
+            finest = max(range(depth), key=lambda i: (self.layer_sizes[i], i))
+            stride = self.grid // self.layer_sizes[finest]
+            axis = (torch.arange(self.grid) // stride) * stride + stride // 2
+            rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+            out.append((rows * self.grid + cols).flatten())
+        return out
+
+
+def nearest_codes(
+    targets: torch.Tensor, codebook: torch.Tensor, half_sq_norms: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Index of the nearest codebook row (L2) for every target row.
+
+    targets (N, D), codebook (V, D) -> (N,) int64. argmin ||t - e||^2 = argmax (t.e - ||e||^2 / 2):
+    one matrix product per chunk of rows, so the extra memory stays bounded whatever N is.
+    """
+    if half_sq_norms is None:
+        half_sq_norms = 0.5 * codebook.pow(2).sum(dim=1)
+    targets = targets.to(codebook.dtype)
+    rows = max(1, SEARCH_CHUNK_ELEMENTS // codebook.shape[0])
+    out = torch.empty(targets.shape[0], dtype=torch.long, device=targets.device)
+    # exact ids: the search runs in the codebook's dtype even under a bf16 autocast region
+    with torch.autocast(targets.device.type, enabled=False):
+        for start in range(0, targets.shape[0], rows):
+            chunk = targets[start : start + rows]
+            scores = torch.addmm(half_sq_norms, chunk, codebook.t(), beta=-1.0)  # (rows, V)
+            out[start : start + rows] = scores.argmax(dim=1)
+    return out
+
+
+@dataclass
+class QuantizerOutput:
+    latents: torch.Tensor  # (depths, B, G*G, D): straight-through, filled latent grid per depth
+    ids: list[torch.Tensor]  # per layer (B, n_l * n_l) codebook rows
+    commitment_loss: torch.Tensor  # scalar: mean_l || z - sg(zhat_l) ||^2 at layer l's positions
+    codebook_loss: torch.Tensor  # scalar: mean_l || sg(z) - zhat_l ||^2; trains the projection only
+    relative_error: torch.Tensor  # (L,) ||z - zhat_l|| / ||z|| at layer l's positions: a health figure
+
+
+class PyramidQuantizer(nn.Module):
+    """SAQ or RQ of a latent grid onto a frozen codebook (a buffer, never trained).
+
+    With `projection_dim`, the search space is a trainable linear map of the frozen rows
+    (V2L-Tokenizer's projector): the vocabulary and each word's LLM embedding stay fixed, only the
+    shared map is learned. Searching 8,192 words in 576 dimensions with frozen geometry collapsed
+    to a single word in trials; a 64-d learned view of the same words did not, and costs 9x less.
+
+    Follows the contract of vector-quantize-pytorch: forward(z) gives quantized latents, indices and
+    losses; `dequantize(ids, num_layers)` is the exact inverse at any prefix of layers.
+    """
+
+    def __init__(self, layout: PyramidLayout, codebook: torch.Tensor, mode: str = "saq",
+                 projection_dim: int | None = None):
+        super().__init__()
+        if mode not in ("saq", "rq"):
+            raise ValueError(f"mode must be 'saq' or 'rq', got {mode!r}")
+        self.layout = layout
+        self.mode = mode
+        self.register_buffer("codebook", codebook.float().contiguous(), persistent=False)
+        self.projection = None
+        if projection_dim:
+            self.projection = nn.Linear(codebook.shape[1], projection_dim, bias=False)
+            # orthonormal rows keep unit-RMS codebook rows at unit RMS after projection
+            nn.init.orthogonal_(self.projection.weight)
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the search space (what the encoder must produce)."""
+        return self.projection.out_features if self.projection is not None else self.codebook.shape[1]
+
+    def table(self) -> torch.Tensor:
+        """(V, dim) the codebook in search space: the frozen rows, projected if configured."""
+        return self.projection(self.codebook) if self.projection is not None else self.codebook
+
+    def row_rms(self) -> torch.Tensor:
+        """Typical RMS of a row of `table()` (no gradient): the scale latents should have."""
+        with torch.no_grad():
+            return self.table().pow(2).mean(dim=1).sqrt().mean()
+
+    def _estimate(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Latent estimate from running sums: the mean (SAQ) or the sum (RQ)."""
+        if self.mode == "rq":
+            return sums
+        return sums / counts.clamp(min=1).to(sums.dtype)[:, None]
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, G*G, D) -> QuantizerOutput; all layers are quantized, in float32 even under a
+        bf16 autocast (running sums and SAQ targets lose words in bf16)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
+        B, N, D = z.shape
+        table = self.table()
+        frozen_table = table.detach()
+        half_sq_norms = 0.5 * frozen_table.pow(2).sum(1)
+        sums = z.new_zeros(B, N, D)
+        ids, commit, codebook_terms, rel_err, estimates = [], [], [], [], []
+        for layer, pos in enumerate(self.layout.positions):
+            pos = pos.to(z.device)
+            prior = self.layout.prior_counts[layer].to(z.device)
+            z_sel, prev_sum = z[:, pos].detach(), sums[:, pos]
+            if self.mode == "saq":  # SPAE: streaming average quantization
+                target = (prior + 1).to(z.dtype)[None, :, None] * z_sel - prev_sum
+            else:  # residual quantization
+                target = z_sel - prev_sum
+            layer_ids = nearest_codes(target.reshape(-1, D), frozen_table, half_sq_norms)
+            layer_ids = layer_ids.view(B, -1)
+            sums = sums.index_add(1, pos, table[layer_ids].to(z.dtype))
+            estimate = self._estimate(sums, self.layout.counts_after[layer].to(z.device))
+            estimates.append(estimate)
+            ids.append(layer_ids)
+            # commitment: pull the encoder towards its own quantized estimate (codebook frozen)
+            err = z[:, pos] - estimate[:, pos].detach()
+            commit.append(err.pow(2).mean())
+            codebook_terms.append((z[:, pos].detach() - estimate[:, pos]).pow(2).mean())
+            rel_err.append(err.detach().norm() / z[:, pos].detach().norm().clamp(min=1e-8))
+        latents = torch.stack([self._fill(est, depth) for depth, est in enumerate(estimates, start=1)])
+        if z.requires_grad:
+            # straight-through: copy gradients of the quantized latents to z (values equal up to
+            # rounding; without gradients the latents are exactly what `dequantize` gives)
+            latents = z + (latents - z).detach()
+        codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
+        return QuantizerOutput(latents, ids,
+                               torch.stack(commit).mean(), codebook_loss, torch.stack(rel_err))
+
+    def _fill(self, estimate: torch.Tensor, depth: int) -> torch.Tensor:
+        """(B, G*G, D) estimate after `depth` layers -> every cell reads its representative."""
+        return estimate[:, self.layout.fill_index[depth - 1].to(estimate.device)]
+
+    def dequantize(self, ids: list[torch.Tensor], num_layers: int | None = None) -> torch.Tensor:
+        """Exact inverse: token ids of the first `num_layers` layers -> (B, G*G, D) latent grid."""
+        num_layers = num_layers or len(ids)
+        if not 1 <= num_layers <= min(len(ids), self.layout.num_layers):
+            raise PyramidError(f"num_layers must be in 1..{min(len(ids), self.layout.num_layers)}")
+        B = ids[0].shape[0]
+        table = self.table()
+        sums = table.new_zeros(B, self.layout.num_positions, table.shape[1])
+        for layer in range(num_layers):
+            pos = self.layout.positions[layer].to(sums.device)
+            if ids[layer].shape != (B, pos.numel()):
+                raise PyramidError(
+                    f"layer {layer + 1} needs ids of shape ({B}, {pos.numel()}), got {tuple(ids[layer].shape)}"
+                )
+            sums = sums.index_add(1, pos, table[ids[layer].to(sums.device)])
+        counts = self.layout.counts_after[num_layers - 1].to(sums.device)
+        return self._fill(self._estimate(sums, counts), num_layers)
+
+
+@dataclass
+class TokenPyramid:
+    """The tokens of a batch of images: per layer, codebook rows at grid positions, and their words.
+
+    `ids[l]` is (B, n_l * n_l), row-major over the layer's selected positions (see `positions`).
+    """
+
+    ids: list[torch.Tensor]
+    layout: PyramidLayout
+    codebook: Codebook
+
+    def __len__(self) -> int:
+        return self.ids[0].shape[0]
+
+    def __getitem__(self, index: int) -> TokenPyramid:
+        return TokenPyramid([t[index : index + 1] for t in self.ids], self.layout, self.codebook)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.ids)
+
+    def positions(self, layer: int) -> torch.Tensor:
+        """(n_l * n_l, 2) row, col of layer `layer` (0-based) on the latent grid."""
+        return self.layout.coords(layer)
+
+    def llm_token_ids(self, layer: int) -> torch.Tensor:
+        """(B, n_l * n_l) ids of these words in the LLM's own tokenizer."""
+        return self.codebook.token_ids[self.ids[layer].cpu()]
+
+    def words(self, layer: int, image: int = 0) -> list[str]:
+        return [self.codebook.words[i] for i in self.ids[layer][image].tolist()]
+
+    def to_text(self, num_layers: int | None = None, image: int = 0) -> str:
+        """The words of the first `num_layers` layers, coarse to fine, space separated: what an LLM
+        reads. `from_text` parses it back."""
+        num_layers = num_layers or self.num_layers
+        return " ".join(w for layer in range(num_layers) for w in self.words(layer, image))
+
+    def describe(self, num_layers: int | None = None, image: int = 0) -> str:
+        """One line per layer: 'layer 2 (2x2): word word word word'."""
+        num_layers = num_layers or self.num_layers
+        lines = []
+        for layer in range(num_layers):
+            n = self.layout.layer_sizes[layer]
+            lines.append(f"layer {layer + 1} ({n}x{n}): " + " ".join(self.words(layer, image)))
+        return "\n".join(lines)
+
+    @classmethod
+    def from_text(cls, texts: str | list[str], layout: PyramidLayout, codebook: Codebook) -> TokenPyramid:
+        """Parse `to_text` output (one string per image) back into a pyramid of the layers it
+        covers. The word count must be a cumulative layer count (1, 5, 21, ...)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = []
+        for text in texts:
+            words = text.split()
+            try:
+                rows.append([codebook.index_of(w) for w in words])
+            except KeyError as e:
+                raise PyramidError(str(e.args[0])) from None
+        lengths = {len(r) for r in rows}
+        cumulative = layout.cumulative_tokens()
+        if len(lengths) != 1 or (n_words := lengths.pop()) not in cumulative:
+            raise PyramidError(
+                f"a pyramid text holds a cumulative layer count of words {cumulative}, "
+                f"got {sorted({len(r) for r in rows})}"
+            )
+        num_layers = cumulative.index(n_words) + 1
+        ids_all = torch.tensor(rows, dtype=torch.long)
+        ids, start = [], 0
+        for count in layout.tokens_per_layer()[:num_layers]:
+            ids.append(ids_all[:, start : start + count])
+            start += count
+        return cls(ids, layout, codebook)
+
+
+def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """Distinct words and perplexity of the empirical token distribution (a hub-token alarm)."""
+    counts = torch.bincount(ids.flatten().cpu(), minlength=codebook_size).float()
+    probs = counts / counts.sum().clamp(min=1)
+    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+    return {
+        "distinct": int((counts > 0).sum()),
+        "perplexity": float(entropy.exp()),
+        "top_share": float(probs.max()),
+    }
+
+
+def standardize(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre the codebook and scale it to unit RMS per dimension.
+
+    LLM embedding rows share one strong mean direction (about half their squared norm in SmolLM2),
+    so an unnormalised encoder must learn that offset first. A shift and a uniform scale change no
+    nearest neighbour: searching (z - mean) / scale in the standardized table picks the same words
+    as searching z in the raw one. Returns (standardized, mean (D,), scale ()).
+    """
+    mean = embeddings.mean(dim=0)
+    centred = embeddings - mean
+    scale = centred.pow(2).mean().sqrt()
+    return centred / scale, mean, scale
+
+
+__all__ = [
+    "PyramidLayout",
+    "PyramidQuantizer",
+    "QuantizerOutput",
+    "TokenPyramid",
+    "PyramidError",
+    "nearest_codes",
+    "codebook_usage",
+    "standardize",
+]

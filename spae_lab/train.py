@@ -1,0 +1,350 @@
+"""Training loop, checkpoints and `load_tokenizer`.
+
+Reproducibility by construction: the batch of step s and the random decode depths of step s are
+functions of (seed, s) alone, so a run resumed from a checkpoint (weights + AdamW state + step)
+continues exactly as if it had never stopped. Checkpoints are one safetensors file, written
+atomically; the config travels in its metadata as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from spae_lab.codebook import load_codebook
+from spae_lab.config import ExperimentConfig, config_from_dict
+from spae_lab.data import collate, make_dataset
+from spae_lab.io import atomic_write_path
+from spae_lab.losses import reconstruction_losses
+from spae_lab.metrics import psnr
+from spae_lab.model import SPAE
+from spae_lab.pyramid import codebook_usage
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+METRICS_NAME = "metrics.jsonl"
+_FORMAT = "spae_lab.checkpoint.v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, corrupt, or made for another model/codebook."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    heldout_psnr: list[float]  # per depth, dB, at the end of the run
+    initial_psnr: list[float] | None = None  # per depth before training (None when resumed)
+    history: list[dict] = field(default_factory=list)
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 on CPU (CPUs without AMX run bf16 ~10x slower)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def build_datasets(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
+    """(train, held-out) datasets of the config. Held-out images are never trained on."""
+    d, size, seed = cfg.data, cfg.model.image_size, cfg.train.seed
+    kwargs: dict = {}
+    if d.dataset == "scenes":
+        kwargs["num_images"] = d.num_images
+    elif d.max_per_class is not None and d.dataset not in ("digits", "mnist"):
+        kwargs["max_per_class"] = d.max_per_class
+    train = make_dataset(d.dataset, size, split="train", seed=seed, **kwargs)
+    if d.dataset == "scenes":
+        kwargs["num_images"] = d.heldout_images
+    heldout = make_dataset(d.dataset, size, split="heldout", seed=seed, **kwargs)
+    if len(heldout) > d.heldout_images:
+        heldout = Subset(heldout, range(d.heldout_images))
+    return train, heldout
+
+
+def batch_indices(step: int, batch_size: int, dataset_size: int, seed: int) -> list[int]:
+    """Dataset indices of the batch at `step`: epochs of seeded permutations, read in order."""
+    out: list[int] = []
+    start = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), dataset_size)
+        perm = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        take = min(batch_size - len(out), dataset_size - offset)
+        out.extend(perm[offset : offset + take].tolist())
+    return out
+
+
+def load_batch(dataset: Dataset, indices: list[int]) -> dict:
+    return collate([dataset[i] for i in indices])
+
+
+def sample_depths(step: int, batch_size: int, num_layers: int, cfg: ExperimentConfig) -> torch.Tensor:
+    """Decode depth per image: all layers for a fraction, else uniform in 1..L (progressive
+    reconstruction is trained at every depth, in one decoder pass)."""
+    if cfg.loss.depth_sampling == "full":
+        return torch.full((batch_size,), num_layers, dtype=torch.long)
+    gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
+    depths = torch.randint(1, num_layers + 1, (batch_size,), generator=gen)
+    full = torch.rand(batch_size, generator=gen) < cfg.loss.full_depth_fraction
+    return torch.where(full, torch.full_like(depths, num_layers), depths)
+
+
+def learning_rate(step: int, cfg: ExperimentConfig) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64) -> dict:
+    """Held-out PSNR per depth (dB), codebook usage and relative quantization error per layer."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    psnr_sum = torch.zeros(model.num_layers)
+    rel_err = torch.zeros(model.num_layers)
+    ids_per_layer: list[list[torch.Tensor]] = [[] for _ in range(model.num_layers)]
+    count = batches = 0
+    for start in range(0, len(dataset), batch_size):
+        images = load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))))["image"]
+        images = images.to(device)
+        quant = model.quantizer(model.encode_latents(images))
+        for depth in range(1, model.num_layers + 1):
+            latents = quant.latents[depth - 1]
+            recon = ((model.decode_latents(latents) + 1) / 2).clamp(0, 1)
+            psnr_sum[depth - 1] += psnr(recon, images).sum().cpu()
+        for layer, ids in enumerate(quant.ids):
+            ids_per_layer[layer].append(ids.cpu())
+        rel_err += quant.relative_error.cpu()
+        count += images.shape[0]
+        batches += 1
+    model.train(was_training)
+    usage = [codebook_usage(torch.cat(ids), len(model.codebook)) for ids in ids_per_layer]
+    return {
+        "psnr": [round(float(v), 3) for v in psnr_sum / count],
+        "relative_error": [round(float(v), 4) for v in rel_err / batches],
+        "distinct_words": [u["distinct"] for u in usage],
+        "perplexity": [round(u["perplexity"], 1) for u in usage],
+    }
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, model: SPAE, optimizer: torch.optim.Optimizer | None, step: int,
+                    cfg: ExperimentConfig) -> None:
+    """Weights (+ AdamW state) as one safetensors file, written atomically."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    if optimizer is not None:
+        for index, state in optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    metadata = {
+        "format": _FORMAT,
+        "config": cfg.to_json(),
+        "step": str(step),
+        "codebook_fingerprint": model.codebook.fingerprint(),
+    }
+    with atomic_write_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a checkpoint file or run folder. Never unpickles anything."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {e}") from e
+    if metadata.get("format") != _FORMAT:
+        raise CheckpointError(f"{path} is not a spae_lab checkpoint (format {metadata.get('format')!r})")
+    return tensors, metadata
+
+
+def _restore(model: SPAE, tensors: dict[str, torch.Tensor], metadata: dict[str, str], source) -> None:
+    if metadata.get("codebook_fingerprint") != model.codebook.fingerprint():
+        raise CheckpointError(
+            f"{source} was trained with another codebook than {model.codebook.source!r} "
+            f"(fingerprint {metadata.get('codebook_fingerprint')} != {model.codebook.fingerprint()})"
+        )
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k != "quantizer.codebook"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    state_dict["state"] = state
+    optimizer.load_state_dict(state_dict)
+
+
+def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> SPAE:
+    """A trained SPAE tokenizer from a checkpoint file or run folder (eval mode).
+
+    A bare name is looked up as a run folder under ./runs/.
+    """
+    path = Path(path_or_name)
+    if not path.exists() and not path.is_absolute() and (Path("runs") / path).exists():
+        path = Path("runs") / path
+    tensors, metadata = read_checkpoint(path)
+    cfg = config_from_dict(json.loads(metadata["config"]))
+    model = SPAE(cfg.model, load_codebook(cfg.codebook))
+    _restore(model, tensors, metadata, path)
+    return model.to(pick_device(str(device))).eval()
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> list[dict]:
+    """Keep only records up to `step` (a resumed run rewrites what came after its checkpoint)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if record.get("step", 0) <= step:
+            kept.append(record)
+    with atomic_write_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train an SPAE tokenizer; writes checkpoint, metrics.jsonl, config.json and figures."""
+    from spae_lab.viz import save_reconstruction_figure  # matplotlib only when training
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = pick_device(cfg.train.device)
+    amp_dtype = autocast_dtype(device, cfg.train.precision)
+    torch.manual_seed(cfg.train.seed)  # weight initialisation
+
+    train_set, heldout = build_datasets(cfg)
+    model = SPAE(cfg.model, load_codebook(cfg.codebook)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    metrics_path = run_dir / METRICS_NAME
+    start_step, history, initial = 0, [], None
+    if resume and checkpoint_path.exists():
+        tensors, metadata = read_checkpoint(checkpoint_path)
+        saved = config_from_dict(json.loads(metadata["config"]))
+        if (saved.model, saved.codebook) != (cfg.model, cfg.codebook):
+            raise CheckpointError(f"{checkpoint_path} was trained with another model or codebook config")
+        _restore(model, tensors, metadata, checkpoint_path)
+        _restore_optimizer(optimizer, tensors)
+        start_step = int(metadata["step"])
+        history = _truncate_metrics(metrics_path, start_step)
+    else:
+        if resume:
+            warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from scratch", stacklevel=2)
+        metrics_path.unlink(missing_ok=True)
+        initial = evaluate(model, heldout)
+        history.append({"step": 0, "eval": initial})
+        _append_metrics(metrics_path, history[-1])
+    (run_dir / "config.json").write_text(cfg.to_json())
+
+    deadline = time.monotonic() + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
+    step = start_step
+    bar = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
+               desc="train", disable=not progress, dynamic_ncols=True)
+    model.train()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        batch = load_batch(train_set, batch_indices(step, cfg.train.batch_size, len(train_set), cfg.train.seed))
+        images = batch["image"].to(device)
+        depths = sample_depths(step, images.shape[0], model.num_layers, cfg).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = model(images, depths)
+            losses = reconstruction_losses(out.reconstructions.float(), images * 2 - 1, cfg.loss)
+            losses["commitment"] = cfg.loss.commitment_weight * out.quant.commitment_loss
+            if model.quantizer.projection is not None:
+                losses["codebook"] = cfg.loss.codebook_weight * out.quant.codebook_loss
+            loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "loss": round(loss.item(), 5),
+                      **{k: round(v.item(), 5) for k, v in losses.items()},
+                      "relative_error": [round(v, 4) for v in out.quant.relative_error.tolist()]}
+            history.append(record)
+            _append_metrics(metrics_path, record)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        last = done == cfg.train.steps or out_of_time
+        if done % cfg.train.eval_every == 0 or last:
+            history.append({"step": done, "eval": evaluate(model, heldout)})
+            _append_metrics(metrics_path, history[-1])
+            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{history[-1]['eval']['psnr'][-1]:.2f}")
+        if done % cfg.train.figure_every == 0 or last:
+            save_reconstruction_figure(model, heldout, run_dir / "figures" / f"step_{done:06d}.png")
+        if done % cfg.train.checkpoint_every == 0 or last:
+            save_checkpoint(checkpoint_path, model, optimizer, done, cfg)
+        step = done
+        if out_of_time:
+            break
+    bar.close()
+    final = next((r["eval"] for r in reversed(history) if "eval" in r), None)
+    return TrainResult(run_dir, step, final["psnr"] if final else [],
+                       initial["psnr"] if initial else None, history)

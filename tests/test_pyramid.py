@@ -1,0 +1,174 @@
+"""The token pyramid: dilation layout, SAQ and RQ against the formulas, the exact inverse."""
+
+import pytest
+import torch
+
+from spae_lab import pyramid as pyramid_module
+from spae_lab.codebook import random_codebook
+from spae_lab.pyramid import (
+    PyramidError,
+    PyramidLayout,
+    PyramidQuantizer,
+    TokenPyramid,
+    codebook_usage,
+    nearest_codes,
+    standardize,
+)
+
+
+def test_dilation_positions_grid8():
+    layout = PyramidLayout(8, (1, 2, 4, 8, 8))
+    assert layout.cumulative_tokens() == [1, 5, 21, 85, 149]
+    assert layout.coords(0).tolist() == [[4, 4]]
+    assert layout.coords(1).tolist() == [[2, 2], [2, 6], [6, 2], [6, 6]]
+    assert sorted(set(layout.coords(2)[:, 0].tolist())) == [1, 3, 5, 7]
+    assert layout.coords(3).shape == (64, 2) and layout.coords(4).shape == (64, 2)
+    # (4, 4) is selected by layers 1, 4 and 5: its stream holds three tokens at full depth
+    assert layout.counts_after[-1][4 * 8 + 4] == 3
+    assert layout.counts_after[-1][0] == 2
+
+
+def test_paper_layout_grid16():
+    layout = PyramidLayout(16, (1, 2, 4, 8, 16, 16))
+    assert layout.cumulative_tokens() == [1, 5, 21, 85, 341, 597]
+    assert layout.coords(0).tolist() == [[8, 8]]
+    assert layout.coords(1).tolist() == [[4, 4], [4, 12], [12, 4], [12, 12]]
+
+
+@pytest.mark.parametrize("grid,sizes", [(4, (1, 2, 4)), (2, (1, 2, 2)), (32, (1, 4, 32))])
+def test_any_power_of_two_grid(grid, sizes):
+    layout = PyramidLayout(grid, sizes)
+    for layer, n in enumerate(sizes):
+        coords = layout.coords(layer)
+        assert coords.shape == (n * n, 2)
+        assert coords.min() >= 0 and coords.max() < grid
+
+
+def test_bad_layouts_are_refused():
+    with pytest.raises(PyramidError):
+        PyramidLayout(6, (1, 2))
+    with pytest.raises(PyramidError):
+        PyramidLayout(8, (1, 3))
+    with pytest.raises(PyramidError):
+        PyramidLayout(8, (16,))
+
+
+def test_fill_reads_the_finest_selected_position():
+    layout = PyramidLayout(8, (1, 2, 4, 8, 8))
+    assert set(layout.fill_index[0].tolist()) == {4 * 8 + 4}
+    depth2 = layout.fill_index[1].view(8, 8)
+    assert depth2[0, 0] == 2 * 8 + 2 and depth2[7, 7] == 6 * 8 + 6
+    assert torch.equal(layout.fill_index[3], torch.arange(64))
+
+
+def _direct_quantize(z, codebook, layout, mode):
+    """Per position, per layer, the formulas of shared/docs/spae-method.md, with explicit loops."""
+    B, N, D = z.shape
+    ids = [torch.zeros(B, n * n, dtype=torch.long) for n in layout.layer_sizes]
+    estimates = []
+    chosen = [[[] for _ in range(N)] for _ in range(B)]  # tokens picked so far at each position
+    for layer in range(layout.num_layers):
+        for j, p in enumerate(layout.positions[layer].tolist()):
+            for b in range(B):
+                previous = [codebook[k] for k in chosen[b][p]]
+                count = len(previous) + 1  # this token is the l-th at this position
+                if mode == "saq":
+                    zhat_prev = torch.stack(previous).mean(0) if previous else torch.zeros(D)
+                    target = count * z[b, p] - (count - 1) * zhat_prev
+                else:
+                    target = z[b, p] - (torch.stack(previous).sum(0) if previous else 0)
+                dists = ((target[None] - codebook) ** 2).sum(1)
+                k = int(dists.argmin())
+                ids[layer][b, j] = k
+                chosen[b][p].append(k)
+        est = torch.zeros(B, N, D)
+        for b in range(B):
+            for p in range(N):
+                if chosen[b][p]:
+                    vecs = torch.stack([codebook[k] for k in chosen[b][p]])
+                    est[b, p] = vecs.mean(0) if mode == "saq" else vecs.sum(0)
+        estimates.append(est)
+    return ids, estimates
+
+
+@pytest.mark.parametrize("mode", ["saq", "rq"])
+def test_quantizer_matches_the_formulas(mode):
+    torch.manual_seed(0)
+    layout = PyramidLayout(4, (1, 2, 4, 4))
+    codebook = torch.randn(64, 8, dtype=torch.float64)
+    z = torch.randn(3, 16, 8, dtype=torch.float64)
+    quantizer = PyramidQuantizer(layout, codebook.float(), mode).double()
+    quantizer.codebook = codebook
+    quantizer.half_sq_norms = 0.5 * codebook.pow(2).sum(1)
+    out = quantizer(z)
+    expected_ids, expected_estimates = _direct_quantize(z, codebook, layout, mode)
+    for got, want in zip(out.ids, expected_ids, strict=True):
+        assert torch.equal(got, want)
+    for depth, est in enumerate(expected_estimates, start=1):
+        filled = est[:, layout.fill_index[depth - 1]]
+        torch.testing.assert_close(out.latents[depth - 1], filled.to(out.latents.dtype))
+
+
+@pytest.mark.parametrize("mode", ["saq", "rq"])
+def test_inverse_is_exact_at_every_prefix(mode):
+    torch.manual_seed(1)
+    layout = PyramidLayout(8, (1, 2, 4, 8, 8))
+    quantizer = PyramidQuantizer(layout, torch.randn(200, 16), mode)
+    out = quantizer(torch.randn(2, 64, 16))
+    for depth in range(1, layout.num_layers + 1):
+        assert torch.equal(quantizer.dequantize(out.ids, depth), out.latents[depth - 1])
+        assert torch.equal(quantizer.dequantize(out.ids[:depth]), out.latents[depth - 1])
+
+
+def test_straight_through_gradient_and_frozen_codebook():
+    layout = PyramidLayout(4, (1, 2, 4))
+    quantizer = PyramidQuantizer(layout, torch.randn(50, 8))
+    assert list(quantizer.parameters()) == []  # the codebook is a buffer, never trained
+    z = torch.randn(2, 16, 8, requires_grad=True)
+    out = quantizer(z)
+    (out.latents[-1].sum() + out.commitment_loss).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_nearest_codes_chunking_matches_brute_force(monkeypatch):
+    torch.manual_seed(2)
+    codebook, targets = torch.randn(300, 24), torch.randn(1000, 24)
+    expected = torch.cdist(targets, codebook).argmin(1)
+    monkeypatch.setattr(pyramid_module, "SEARCH_CHUNK_ELEMENTS", 300 * 7)  # 7 rows per chunk
+    assert torch.equal(nearest_codes(targets, codebook), expected)
+
+
+def test_standardize_keeps_nearest_neighbours():
+    torch.manual_seed(3)
+    table = torch.randn(100, 12) * 3 + 5
+    std, mean, scale = standardize(table)
+    z = torch.randn(40, 12) * 3 + 5
+    assert torch.equal(nearest_codes(z, table), nearest_codes((z - mean) / scale, std))
+    torch.testing.assert_close(std.pow(2).mean(), torch.tensor(1.0))
+
+
+def test_text_round_trip_and_errors():
+    codebook = random_codebook("random:300:8")
+    layout = PyramidLayout(4, (1, 2, 4))
+    quantizer = PyramidQuantizer(layout, codebook.embeddings)
+    out = quantizer(torch.randn(2, 16, 8))
+    pyr = TokenPyramid(out.ids, layout, codebook)
+    assert len(pyr.to_text().split()) == 21
+    assert len(pyr.to_text(2).split()) == 5
+    back = TokenPyramid.from_text([pyr.to_text(image=0), pyr.to_text(image=1)], layout, codebook)
+    assert all(torch.equal(a, b) for a, b in zip(back.ids, pyr.ids, strict=True))
+    two = TokenPyramid.from_text(pyr.to_text(2, image=1), layout, codebook)
+    assert two.num_layers == 2 and torch.equal(two.ids[1], pyr.ids[1][1:2])
+    assert pyr.describe().splitlines()[1].startswith("layer 2 (2x2): ")
+    with pytest.raises(PyramidError, match="not a word"):
+        TokenPyramid.from_text("zzzzqq", layout, codebook)
+    with pytest.raises(PyramidError, match="cumulative"):
+        TokenPyramid.from_text(" ".join(pyr.to_text().split()[:3]), layout, codebook)
+    with pytest.raises(PyramidError):
+        quantizer.dequantize([out.ids[0], out.ids[0]])  # layer 2 needs 4 ids per image
+
+
+def test_codebook_usage():
+    usage = codebook_usage(torch.tensor([0, 0, 1, 2]), 10)
+    assert usage["distinct"] == 3 and usage["top_share"] == 0.5
+    assert 2.0 < usage["perplexity"] < 3.0
