@@ -40,7 +40,7 @@ class ModelConfig:
     project_to_codebook: bool = True  # trainable 1x1 projection latent -> codebook space (V2L-style)
     standardize_codebook: bool = True  # centre and rescale the frozen codebook (keeps ids, eases fitting)
     codebook_projection_dim: int | None = 64  # trainable map of the frozen rows to a search space; None: raw
-    normalize_latents: bool = True  # RMS-normalise latents to codebook scale (stops drift and collapse)
+    normalize: bool = True  # unit-RMS latents and words in search space: cosine search, no drift
 
     @property
     def latent_grid(self) -> int:
@@ -53,7 +53,7 @@ class LossConfig:
     l2_weight: float = 1.0  # pixel MSE
     l1_weight: float = 0.0  # pixel L1
     gradient_weight: float = 0.1  # L1 between image gradients: sharper edges, needs no download
-    commitment_weight: float = 0.25  # pulls latents towards their words (encoder side)
+    commitment_weight: float = 0.05  # pulls latents towards their words (0.25 collapsed to one word)
     codebook_weight: float = 1.0  # pulls the projected words towards the latents (projection only)
     depth_sampling: str = "mixed"  # "mixed": each image decodes from a random depth; "full": deepest only
     full_depth_fraction: float = 0.5  # with "mixed": share of images decoded from every layer
@@ -131,7 +131,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "codebook.max_size": None,
         "model.image_size": 128,
         "model.base_channels": 128,
-        "model.channel_mults": (1, 1, 2, 2, 4),
+        "model.channel_mults": (1, 2, 2, 4),
         "model.num_res_blocks": 2,
         "model.latent_channels": 256,
         "model.layer_sizes": (1, 2, 4, 8, 16, 16),

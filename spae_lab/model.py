@@ -25,6 +25,7 @@ from spae_lab.pyramid import (
     QuantizerOutput,
     TokenPyramid,
     standardize,
+    unit_rms,
 )
 
 
@@ -123,7 +124,7 @@ class SPAE(nn.Module):
         if config.standardize_codebook:
             table, _, _ = standardize(table)
         self.quantizer = PyramidQuantizer(self.layout, table, config.quantizer,
-                                          config.codebook_projection_dim)
+                                          config.codebook_projection_dim, config.normalize)
         search_dim = self.quantizer.dim
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
@@ -154,11 +155,11 @@ class SPAE(nn.Module):
         """images (B, 3, S, S) in [0, 1] -> encoder latents in codebook space (B, G*G, D)."""
         self.check_images(images)
         z = rearrange(self.to_codebook(self.encoder(images * 2 - 1)), "b d h w -> b (h w) d")
-        if self.config.normalize_latents:
-            # Keep every latent at codebook scale. A small latent's nearest word is simply the
-            # shortest row (collapse to one word); a large one is matched by direction alone
-            # (latent drift, seen in trials with a weak commitment loss).
-            z = z * (self.quantizer.row_rms() / z.pow(2).mean(dim=-1, keepdim=True).add(1e-6).sqrt())
+        if self.config.normalize:
+            # Latents and words on one sphere (unit RMS): nearest = most similar direction. An
+            # unnormalised latent drifted to 10x the codebook's scale in trials, and a latent
+            # rescaled to a learnable codebook's scale let both shrink together.
+            z = unit_rms(z)
         return z
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

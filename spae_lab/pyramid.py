@@ -159,13 +159,14 @@ class PyramidQuantizer(nn.Module):
     """
 
     def __init__(self, layout: PyramidLayout, codebook: torch.Tensor, mode: str = "saq",
-                 projection_dim: int | None = None):
+                 projection_dim: int | None = None, normalize_rows: bool = False):
         super().__init__()
         if mode not in ("saq", "rq"):
             raise ValueError(f"mode must be 'saq' or 'rq', got {mode!r}")
         self.layout = layout
         self.mode = mode
         self.register_buffer("codebook", codebook.float().contiguous(), persistent=False)
+        self.normalize_rows = normalize_rows
         self.projection = None
         if projection_dim:
             self.projection = nn.Linear(codebook.shape[1], projection_dim, bias=False)
@@ -178,13 +179,10 @@ class PyramidQuantizer(nn.Module):
         return self.projection.out_features if self.projection is not None else self.codebook.shape[1]
 
     def table(self) -> torch.Tensor:
-        """(V, dim) the codebook in search space: the frozen rows, projected if configured."""
-        return self.projection(self.codebook) if self.projection is not None else self.codebook
-
-    def row_rms(self) -> torch.Tensor:
-        """Typical RMS of a row of `table()` (no gradient): the scale latents should have."""
-        with torch.no_grad():
-            return self.table().pow(2).mean(dim=1).sqrt().mean()
+        """(V, dim) the codebook in search space: the frozen rows, projected if configured, and
+        scaled to unit RMS per row if `normalize_rows` (then the search ranks by cosine)."""
+        table = self.projection(self.codebook) if self.projection is not None else self.codebook
+        return unit_rms(table) if self.normalize_rows else table
 
     def _estimate(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Latent estimate from running sums: the mean (SAQ) or the sum (RQ)."""
@@ -226,9 +224,9 @@ class PyramidQuantizer(nn.Module):
             rel_err.append(err.detach().norm() / z[:, pos].detach().norm().clamp(min=1e-8))
         latents = torch.stack([self._fill(est, depth) for depth, est in enumerate(estimates, start=1)])
         if z.requires_grad:
-            # straight-through: copy gradients of the quantized latents to z (values equal up to
-            # rounding; without gradients the latents are exactly what `dequantize` gives)
-            latents = z + (latents - z).detach()
+            # straight-through: the decoder's gradient reaches z unchanged (the value is exactly
+            # the quantized latent), and also the projection through the chosen words
+            latents = latents + (z - z.detach())
         codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
         return QuantizerOutput(latents, ids,
                                torch.stack(commit).mean(), codebook_loss, torch.stack(rel_err))
@@ -331,6 +329,11 @@ class TokenPyramid:
         return cls(ids, layout, codebook)
 
 
+def unit_rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scale each vector (last dim) to root-mean-square 1, i.e. norm sqrt(dim)."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
 def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
     """Distinct words and perplexity of the empirical token distribution (a hub-token alarm)."""
     counts = torch.bincount(ids.flatten().cpu(), minlength=codebook_size).float()
@@ -366,4 +369,5 @@ __all__ = [
     "nearest_codes",
     "codebook_usage",
     "standardize",
+    "unit_rms",
 ]

@@ -263,8 +263,12 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
 
 
 def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
-          progress: bool = True) -> TrainResult:
-    """Train an SPAE tokenizer; writes checkpoint, metrics.jsonl, config.json and figures."""
+          progress: bool = True, stop_at: int | None = None) -> TrainResult:
+    """Train an SPAE tokenizer; writes checkpoint, metrics.jsonl, config.json and figures.
+
+    `resume` continues from the run folder's checkpoint. `stop_at` ends the run after that step
+    with a checkpoint, as an interruption would (the schedule still targets `train.steps`).
+    """
     from spae_lab.viz import save_reconstruction_figure  # matplotlib only when training
 
     run_dir = Path(run_dir)
@@ -331,7 +335,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
             history.append(record)
             _append_metrics(metrics_path, record)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        out_of_time = deadline is not None and time.monotonic() > deadline
+        out_of_time = (deadline is not None and time.monotonic() > deadline) or done == stop_at
         last = done == cfg.train.steps or out_of_time
         if done % cfg.train.eval_every == 0 or last:
             history.append({"step": done, "eval": evaluate(model, heldout)})

@@ -1,0 +1,62 @@
+"""Configs: presets, overrides, unknown keys with suggestions, type checks (property-based)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spae_lab.config import ConfigError, config_from_dict, create_config, list_presets
+
+
+def test_presets_build_and_round_trip():
+    for name in list_presets():
+        cfg = create_config(name)
+        assert config_from_dict(cfg.to_dict()) == cfg
+    assert create_config("small").model.latent_grid == 8
+    assert create_config("paper").model.latent_grid == 16
+
+
+def test_overrides_dotted_and_nested():
+    cfg = create_config("tiny", {"train.steps": "7", "model": {"quantizer": "rq"}})
+    assert cfg.train.steps == 7 and cfg.model.quantizer == "rq"
+    cfg = create_config("small", {"model.layer_sizes": "1,2,8", "codebook.max_size": "none"})
+    assert cfg.model.layer_sizes == (1, 2, 8) and cfg.codebook.max_size is None
+
+
+@pytest.mark.parametrize("key,suggestion", [("train.stpes", "train.steps"),
+                                            ("model.quantiser", "model.quantizer"),
+                                            ("trian.lr", "train.lr")])
+def test_unknown_keys_suggest_the_right_one(key, suggestion):
+    with pytest.raises(ConfigError, match=f"did you mean '{suggestion}'"):
+        create_config("small", {key: 1})
+
+
+@pytest.mark.parametrize("overrides", [
+    {"train.steps": "many"}, {"train.steps": 1.5}, {"train.lr": "fast"}, {"model.quantizer": "pq"},
+    {"model.layer_sizes": (1, 3)}, {"model.image_size": 30}, {"train.precision": "fp8"},
+    {"model.normalize": "maybe"}, {"train.steps": 0}, {"codebook.source": 3},
+])
+def test_bad_values_are_refused(overrides):
+    with pytest.raises(ConfigError):
+        create_config("small", overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="did you mean 'small'"):
+        create_config("smal")
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=20), st.one_of(st.integers(), st.text(max_size=8),
+                                                                   st.floats(allow_nan=False), st.none()),
+                       max_size=4))
+def test_arbitrary_overrides_either_apply_or_raise_config_error(overrides):
+    try:
+        cfg = create_config("tiny", overrides)
+    except ConfigError:
+        return
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@given(st.integers(min_value=1, max_value=10**6), st.floats(min_value=1e-6, max_value=1.0))
+def test_valid_numbers_round_trip(steps, lr):
+    cfg = create_config("tiny", {"train.steps": steps, "train.lr": lr})
+    assert cfg.train.steps == steps and cfg.train.lr == lr

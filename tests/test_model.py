@@ -1,0 +1,82 @@
+"""The SPAE module: encode/decode contracts on a tiny model with a random vocabulary."""
+
+import pytest
+import torch
+
+from spae_lab.codebook import random_codebook
+from spae_lab.config import create_config
+from spae_lab.model import SPAE, ShapeError
+from spae_lab.pyramid import TokenPyramid
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = create_config("tiny", {"codebook.source": "random:256:24"})
+    return SPAE(cfg.model, random_codebook(cfg.codebook.source)).eval()
+
+
+def test_encode_gives_a_pyramid_of_words(model):
+    images = torch.rand(3, 3, 16, 16)
+    pyr = model.encode(images)
+    assert isinstance(pyr, TokenPyramid) and len(pyr) == 3
+    assert [t.shape[1] for t in pyr.ids] == [1, 4, 16, 64, 64]
+    assert pyr.positions(1).tolist() == [[2, 2], [2, 6], [6, 2], [6, 6]]
+    assert all(w in model.codebook.words for w in pyr.words(4, image=2))
+    assert len(pyr.to_text(2, image=1).split()) == 5
+    assert torch.equal(pyr.llm_token_ids(0), model.codebook.token_ids[pyr.ids[0]])
+
+
+def test_any_prefix_decodes_and_text_round_trips(model):
+    images = torch.rand(2, 3, 16, 16)
+    pyr = model.encode(images)
+    for depth in range(1, model.num_layers + 1):
+        out = model.decode(pyr, depth)
+        assert out.shape == (2, 3, 16, 16) and 0 <= out.min() and out.max() <= 1
+    parsed = TokenPyramid.from_text(pyr.to_text(3, image=0), model.layout, model.codebook)
+    assert torch.equal(model.decode(parsed), model.decode(pyr[0], 3))
+
+
+def test_eval_mode_is_deterministic(model):
+    images = torch.rand(2, 3, 16, 16)
+    a, b = model.encode(images), model.encode(images)
+    assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids, strict=True))
+    assert torch.equal(model.reconstruct(images), model.reconstruct(images))
+
+
+def test_forward_decodes_each_image_from_its_depth(model):
+    images = torch.rand(4, 3, 16, 16)
+    depths = torch.tensor([1, 2, 5, 3])
+    with torch.no_grad():
+        out = model(images, depths)
+        pyr = model.encode(images)
+        for i, d in enumerate(depths.tolist()):
+            expected = model.decode(pyr[i], d)
+            got = ((out.reconstructions[i : i + 1] + 1) / 2).clamp(0, 1)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_reach_encoder_but_not_the_codebook(model):
+    model.train()
+    out = model(torch.rand(2, 3, 16, 16))
+    (out.reconstructions.pow(2).mean() + out.quant.commitment_loss + out.quant.codebook_loss).backward()
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0
+    assert "quantizer.codebook" not in dict(model.named_parameters())
+    assert "quantizer.codebook" not in model.trainable_state_dict()
+    model.zero_grad()
+    model.eval()
+
+
+def test_wrong_image_shape_is_a_clear_error(model):
+    with pytest.raises(ShapeError, match=r"\(B, 3, 16, 16\)"):
+        model.encode(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ShapeError):
+        model.encode(torch.rand(3, 16, 16))
+
+
+def test_paper_preset_builds_a_six_layer_pyramid():
+    cfg = create_config("paper", {"codebook.source": "random:64:16", "model.base_channels": 8,
+                                  "model.latent_channels": 16})
+    model = SPAE(cfg.model, random_codebook("random:64:16"))
+    assert model.layout.grid == 16
+    assert model.layout.cumulative_tokens() == [1, 5, 21, 85, 341, 597]
