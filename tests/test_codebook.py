@@ -100,7 +100,8 @@ def test_smollm2_codebook_for_real():
     cb = load_codebook(CodebookConfig())
     assert cb.embeddings.shape == (8192, 576)
     assert cb.stats["vocab_size"] == 49152
-    assert 30000 < cb.stats["lexical"] < 31534  # 31,534 are space + letters; vowel-less ones go
+    # 31,534 are space + letters; vowel-less ones and word starts missing from the word list go
+    assert 20000 < cb.stats["lexical"] < 31534
     for word in ("the", "cat", "red", "blue", "circle", "house"):
         assert word in cb.words
     from transformers import AutoTokenizer
@@ -116,3 +117,21 @@ def test_smollm2_checksum_mismatch_is_refused(cache, monkeypatch):
     monkeypatch.setattr(codebook_module, "SMOLLM2_SHA256", "0" * 64)
     with pytest.raises(CodebookError, match="SHA-256"):
         codebook_module.smollm2_model_dir()
+
+
+def test_word_list_keeps_real_words_only(tiny_llm, cache, tmp_path):
+    folder, _, _ = tiny_llm
+    unfiltered = load_codebook(CodebookConfig(source=str(folder), max_size=None, word_list=None))
+    words_file = tmp_path / "words.txt"
+    words_file.write_text("cat\nDog\nthe\nnot-a-word\n")
+    listed = load_codebook(CodebookConfig(source=str(folder), max_size=None, word_list=str(words_file)))
+    assert set(listed.words) == {w for w in unfiltered.words if w.lower() in {"cat", "dog", "the"}}
+    assert "cat" in listed.words
+    with pytest.raises(CodebookError, match="no such file"):
+        load_codebook(CodebookConfig(source=str(folder), word_list=str(tmp_path / "none.txt")))
+
+
+def test_smollm2_word_starts_are_not_words():
+    cb = load_codebook(CodebookConfig(max_size=None))
+    for fragment in ("indust", "ingred", "experim", "strugg", "enterpr"):
+        assert fragment not in cb.words
