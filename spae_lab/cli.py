@@ -18,10 +18,11 @@ from spae_lab.config import ConfigError, CodebookConfig, create_config, list_pre
 from spae_lab.data import DataError
 from spae_lab.model import ShapeError
 from spae_lab.pyramid import PyramidError
+from spae_lab.teacher import TeacherError
 from spae_lab.train import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CodebookError, CheckpointError, ShapeError, PyramidError,
-               FileNotFoundError)
+               TeacherError, FileNotFoundError)
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -174,6 +175,33 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train_teacher(args) -> int:
+    from spae_lab.teacher_train import TeacherConfig, train_teacher
+
+    cfg = TeacherConfig(steps=args.steps, batch_size=args.batch_size, folders=tuple(args.folder or ()),
+                        scenes=args.scenes, seed=args.seed, max_per_class=args.max_per_class)
+    result = train_teacher(cfg, args.out, progress=not args.quiet)
+    print(f"teacher: {Path(args.out) / 'teacher.safetensors'} ({result['minutes']} min)")
+    for name, accuracy in result["zero_shot"].items():
+        print(f"  zero-shot accuracy on held-out {name}: {accuracy:.1%} (chance {result['chance'][name]:.1%})")
+    print(f"use it with: spae-lab train --set semantic.teacher=lit:{Path(args.out) / 'teacher.safetensors'}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from spae_lab.ablation import run_ablation, to_markdown
+
+    overrides = config_from_args(args).to_dict()
+    overrides.pop("preset")
+    for section in ("model", "semantic"):  # the variants set these
+        overrides[section].pop("quantizer", None)
+        overrides[section].pop("enabled", None)
+    table = run_ablation(args.out, args.preset, overrides, progress=not args.quiet)
+    print(to_markdown(table))
+    print(f"written: {Path(args.out) / 'ablation.csv'}, {Path(args.out) / 'ablation.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spae-lab", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -205,6 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=8192, help="0 = all lexical tokens")
     p.add_argument("--show", type=int, default=40, help="how many words to print")
     p.set_defaults(func=cmd_codebook)
+
+    p = sub.add_parser("train-teacher", help="train the offline LiT teacher (CNN vs locked MiniLM)")
+    p.add_argument("--out", default="runs/teacher")
+    p.add_argument("--folder", action="append", help="ImageFolder folder or .tar(.gz) of class folders")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=128)
+    p.add_argument("--scenes", type=int, default=20000, help="synthetic scenes in the mix")
+    p.add_argument("--max-per-class", dest="max_per_class", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("ablate", help="SAQ vs RQ, semantic loss on vs off: train all, print the table")
+    _add_config_flags(p)
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("presets", help="list the named presets")
     p.add_argument("--verbose", metavar="PRESET", help="print one preset's full config")

@@ -61,6 +61,17 @@ class LossConfig:
 
 
 @dataclass
+class SemanticConfig:
+    enabled: bool = True  # SPAE semantic guidance of the upper layers by a CLIP-like teacher
+    teacher: str = "lit:builtin"  # "lit:builtin" (shipped, offline), "lit:PATH", "clip:ID_OR_FOLDER"
+    top_k: tuple[int, ...] = (3, 10)  # K per semantic layer from the top; its length = layers guided
+    temperature: float = 0.1  # softmax over -||t - e||^2 / (temperature * dim)
+    weight: float = 0.1  # peak weight of the semantic loss
+    warmup_steps: int = 100  # the weight ramps up from 0 over these steps
+    final_weight_ratio: float = 1.0  # then follows a cosine to weight * ratio at the end
+
+
+@dataclass
 class DataConfig:
     dataset: str = "scenes"  # built-in name (scenes, digits, mnist) or an ImageFolder folder / .tar(.gz)
     num_images: int = 20000  # synthetic scenes: size of the training set
@@ -94,6 +105,7 @@ class ExperimentConfig:
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -209,6 +221,12 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"loss.depth_sampling must be 'mixed' or 'full', got {cfg.loss.depth_sampling!r}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
+    if cfg.semantic.enabled:
+        if not cfg.semantic.top_k or len(cfg.semantic.top_k) > len(m.layer_sizes):
+            raise ConfigError(f"semantic.top_k {cfg.semantic.top_k}: one K per guided layer, at most "
+                              f"{len(m.layer_sizes)}")
+        if min(cfg.semantic.top_k) < 1 or cfg.semantic.temperature <= 0:
+            raise ConfigError("semantic.top_k must be >= 1 and semantic.temperature > 0")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.steps and train.batch_size must be positive")
     if not (0.0 <= cfg.loss.full_depth_fraction <= 1.0):

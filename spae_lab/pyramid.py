@@ -144,6 +144,7 @@ class QuantizerOutput:
     commitment_loss: torch.Tensor  # scalar: mean_l || z - sg(zhat_l) ||^2 at layer l's positions
     codebook_loss: torch.Tensor  # scalar: mean_l || sg(z) - zhat_l ||^2; trains the projection only
     relative_error: torch.Tensor  # (L,) ||z - zhat_l|| / ||z|| at layer l's positions: a health figure
+    targets: list[torch.Tensor]  # per layer (B, n_l * n_l, D): the vectors that picked the tokens
 
 
 class PyramidQuantizer(nn.Module):
@@ -202,16 +203,17 @@ class PyramidQuantizer(nn.Module):
         frozen_table = table.detach()
         half_sq_norms = 0.5 * frozen_table.pow(2).sum(1)
         sums = z.new_zeros(B, N, D)
-        ids, commit, codebook_terms, rel_err, estimates = [], [], [], [], []
+        ids, commit, codebook_terms, rel_err, estimates, targets = [], [], [], [], [], []
         for layer, pos in enumerate(self.layout.positions):
             pos = pos.to(z.device)
             prior = self.layout.prior_counts[layer].to(z.device)
-            z_sel, prev_sum = z[:, pos].detach(), sums[:, pos]
+            z_sel, prev_sum = z[:, pos], sums[:, pos]
             if self.mode == "saq":  # SPAE: streaming average quantization
                 target = (prior + 1).to(z.dtype)[None, :, None] * z_sel - prev_sum
             else:  # residual quantization
                 target = z_sel - prev_sum
-            layer_ids = nearest_codes(target.reshape(-1, D), frozen_table, half_sq_norms)
+            targets.append(target)  # with gradient, for the semantic loss
+            layer_ids = nearest_codes(target.detach().reshape(-1, D), frozen_table, half_sq_norms)
             layer_ids = layer_ids.view(B, -1)
             sums = sums.index_add(1, pos, table[layer_ids].to(z.dtype))
             estimate = self._estimate(sums, self.layout.counts_after[layer].to(z.device))
@@ -228,8 +230,8 @@ class PyramidQuantizer(nn.Module):
             # the quantized latent), and also the projection through the chosen words
             latents = latents + (z - z.detach())
         codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
-        return QuantizerOutput(latents, ids,
-                               torch.stack(commit).mean(), codebook_loss, torch.stack(rel_err))
+        return QuantizerOutput(latents, ids, torch.stack(commit).mean(), codebook_loss,
+                               torch.stack(rel_err), targets)
 
     def _fill(self, estimate: torch.Tensor, depth: int) -> torch.Tensor:
         """(B, G*G, D) estimate after `depth` layers -> every cell reads its representative."""

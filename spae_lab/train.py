@@ -30,6 +30,8 @@ from spae_lab.losses import reconstruction_losses
 from spae_lab.metrics import psnr
 from spae_lab.model import SPAE
 from spae_lab.pyramid import codebook_usage
+from spae_lab.semantic import SemanticGuide, caption_word_hits, chosen_word_relevance, semantic_loss
+from spae_lab.teacher import TeacherError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -125,19 +127,34 @@ def learning_rate(step: int, cfg: ExperimentConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64) -> dict:
-    """Held-out PSNR per depth (dB), codebook usage and relative quantization error per layer."""
+def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
+             guide: SemanticGuide | None = None) -> dict:
+    """Held-out PSNR per depth (dB), codebook usage and relative quantization error per layer;
+    with a teacher, the relevance of the chosen words per layer (score, rank among all words);
+    on synthetic scenes, the fraction of images whose first d layers hold their colour or shape
+    word, per depth d."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    psnr_sum = torch.zeros(model.num_layers)
-    rel_err = torch.zeros(model.num_layers)
-    ids_per_layer: list[list[torch.Tensor]] = [[] for _ in range(model.num_layers)]
+    L = model.num_layers
+    psnr_sum = torch.zeros(L)
+    rel_err = torch.zeros(L)
+    relevance_sum = torch.zeros(L, 2)
+    hits = torch.zeros(L)
+    ids_per_layer: list[list[torch.Tensor]] = [[] for _ in range(L)]
     count = batches = 0
     for start in range(0, len(dataset), batch_size):
-        images = load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))))["image"]
-        images = images.to(device)
+        batch = load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))))
+        images = batch["image"].to(device)
         quant = model.quantizer(model.encode_latents(images))
+        if guide is not None:
+            per_layer = chosen_word_relevance(guide.relevance(images), quant.ids)
+            relevance_sum += torch.tensor([[r["score"], r["rank"]] for r in per_layer]) * images.shape[0]
+        if "color" in batch:
+            for depth in range(1, L + 1):
+                per_image = [[model.codebook.words[i] for layer in range(depth)
+                              for i in quant.ids[layer][b].tolist()] for b in range(len(images))]
+                hits[depth - 1] += caption_word_hits(per_image, batch["color"], batch["shape"]) * len(images)
         for depth in range(1, model.num_layers + 1):
             latents = quant.latents[depth - 1]
             recon = ((model.decode_latents(latents) + 1) / 2).clamp(0, 1)
@@ -149,12 +166,30 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64) -> dict:
         batches += 1
     model.train(was_training)
     usage = [codebook_usage(torch.cat(ids), len(model.codebook)) for ids in ids_per_layer]
-    return {
+    result = {
         "psnr": [round(float(v), 3) for v in psnr_sum / count],
         "relative_error": [round(float(v), 4) for v in rel_err / batches],
         "distinct_words": [u["distinct"] for u in usage],
         "perplexity": [round(u["perplexity"], 1) for u in usage],
     }
+    if guide is not None:
+        result["relevance"] = [round(float(v), 4) for v in relevance_sum[:, 0] / count]
+        result["relevance_rank"] = [round(float(v), 1) for v in relevance_sum[:, 1] / count]
+    if "color" in batch:
+        result["caption_hit"] = [round(float(v), 4) for v in hits / count]
+    return result
+
+
+def build_guide(cfg: ExperimentConfig, model: SPAE, device) -> SemanticGuide | None:
+    """The teacher for the semantic loss, and for relevance metrics even when the loss is off.
+    A teacher that cannot be loaded is an error only when the loss needs it."""
+    try:
+        return SemanticGuide.from_config(cfg.semantic, model.codebook, device)
+    except TeacherError:
+        if cfg.semantic.enabled:
+            raise
+        warnings.warn(f"teacher {cfg.semantic.teacher!r} unavailable: no relevance metrics", stacklevel=2)
+        return None
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -281,6 +316,8 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
 
     train_set, heldout = build_datasets(cfg)
     model = SPAE(cfg.model, load_codebook(cfg.codebook)).to(device)
+    guide = build_guide(cfg, model, device)
+    guided_layers = len(cfg.semantic.top_k)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     metrics_path = run_dir / METRICS_NAME
@@ -298,7 +335,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
         if resume:
             warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from scratch", stacklevel=2)
         metrics_path.unlink(missing_ok=True)
-        initial = evaluate(model, heldout)
+        initial = evaluate(model, heldout, guide=guide)
         history.append({"step": 0, "eval": initial})
         _append_metrics(metrics_path, history[-1])
     (run_dir / "config.json").write_text(cfg.to_json())
@@ -320,6 +357,11 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
             losses["commitment"] = cfg.loss.commitment_weight * out.quant.commitment_loss
             if model.quantizer.projection is not None:
                 losses["codebook"] = cfg.loss.codebook_weight * out.quant.codebook_loss
+            if cfg.semantic.enabled:
+                top_ids = guide.top_words(images)
+                losses["semantic"] = guide.weight(step, cfg.train.steps) * semantic_loss(
+                    out.quant.targets[:guided_layers], model.quantizer.table(), top_ids,
+                    cfg.semantic.top_k, cfg.semantic.temperature)
             loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
@@ -338,7 +380,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
         out_of_time = (deadline is not None and time.monotonic() > deadline) or done == stop_at
         last = done == cfg.train.steps or out_of_time
         if done % cfg.train.eval_every == 0 or last:
-            history.append({"step": done, "eval": evaluate(model, heldout)})
+            history.append({"step": done, "eval": evaluate(model, heldout, guide=guide)})
             _append_metrics(metrics_path, history[-1])
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{history[-1]['eval']['psnr'][-1]:.2f}")
         if done % cfg.train.figure_every == 0 or last:

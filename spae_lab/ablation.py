@@ -1,0 +1,78 @@
+"""Ablations: SAQ vs RQ, semantic loss on vs off; same data, same budget, same seed.
+
+Each variant is an ordinary training run in its own folder (so an interrupted ablation resumes
+where it stopped); the table is read back from the runs' final held-out evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from spae_lab.config import create_config
+from spae_lab.train import CHECKPOINT_NAME, METRICS_NAME, train
+
+VARIANTS: dict[str, dict] = {
+    "SAQ + semantic": {"model.quantizer": "saq", "semantic.enabled": True},
+    "SAQ": {"model.quantizer": "saq", "semantic.enabled": False},
+    "RQ + semantic": {"model.quantizer": "rq", "semantic.enabled": True},
+    "RQ": {"model.quantizer": "rq", "semantic.enabled": False},
+}
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" + ", "_").replace(" ", "_")
+
+
+def final_eval(run_dir: Path) -> dict:
+    records = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines() if line]
+    return next(r for r in reversed(records) if "eval" in r)
+
+
+def ablation_row(name: str, run_dir: Path, guided_layers: int) -> dict:
+    record = final_eval(run_dir)
+    e = record["eval"]
+    row = {"variant": name, "steps": record["step"]}
+    for depth, value in enumerate(e["psnr"], start=1):
+        row[f"PSNR@{depth}"] = value
+    if "relevance" in e:
+        for layer, value in enumerate(e["relevance"], start=1):
+            row[f"relevance L{layer}"] = value
+        row["rank L1"] = e["relevance_rank"][0]
+        row[f"rank L{len(e['relevance_rank'])}"] = e["relevance_rank"][-1]
+    if "caption_hit" in e:
+        row[f"caption word in first {guided_layers} layers"] = e["caption_hit"][guided_layers - 1]
+    row["distinct words (deepest)"] = e["distinct_words"][-1]
+    return row
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (no tabulate dependency)."""
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def run_ablation(out_dir: str | Path, preset: str = "small", overrides: dict | None = None,
+                 variants: dict[str, dict] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train every variant (resuming finished or interrupted ones) and write ablation.csv/.md."""
+    out_dir = Path(out_dir)
+    variants = variants or VARIANTS
+    rows = []
+    for name, variant in variants.items():
+        cfg = create_config(preset, {**(overrides or {}), **variant})
+        run_dir = out_dir / _slug(name)
+        if progress:
+            print(f"== {name}: {run_dir}")
+        train(cfg, run_dir, resume=(run_dir / CHECKPOINT_NAME).exists(), progress=progress)
+        rows.append(ablation_row(name, run_dir, len(cfg.semantic.top_k)))
+    table = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "ablation.csv", index=False)
+    (out_dir / "ablation.md").write_text(to_markdown(table))
+    return table

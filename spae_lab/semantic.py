@@ -1,0 +1,94 @@
+"""Semantic guidance: the teacher's most relevant words become targets for the upper layers.
+
+SPAE (reconstructed, see shared/docs/spae-method.md section 1): for the top (semantic) layers, the
+vector that picks each token is pulled towards the teacher's top-K words for the image:
+cross-entropy of a softmax over negative squared distances to every codebook entry, with the top-K
+set as target. Here the target is the *set*: the loss is -log sum_{k in top-K} p_k, so any of the K
+words may win (the argmin lands in the set when the loss is low). K grows with depth. The weight
+follows a schedule (linear warm-up, then cosine towards `final_weight_ratio`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from spae_lab.codebook import Codebook
+from spae_lab.config import SemanticConfig
+from spae_lab.teacher import Teacher, load_teacher
+
+
+class SemanticGuide:
+    """A teacher bound to one codebook: relevance of every word, top-K targets, health metrics."""
+
+    def __init__(self, teacher: Teacher, codebook: Codebook, config: SemanticConfig):
+        self.teacher = teacher
+        self.codebook = codebook
+        self.config = config
+        self.word_embeddings = teacher.word_embeddings(codebook)  # (V, E), cached on disk
+
+    @classmethod
+    def from_config(cls, config: SemanticConfig, codebook: Codebook, device="cpu") -> SemanticGuide:
+        return cls(load_teacher(config.teacher, device), codebook, config)
+
+    @torch.no_grad()
+    def relevance(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, V) teacher score of every codebook word for every image."""
+        return self.teacher.relevance(images, self.word_embeddings)
+
+    @torch.no_grad()
+    def top_words(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, max K) codebook rows of the most relevant words, best first."""
+        return self.relevance(images).topk(max(self.config.top_k), dim=1).indices
+
+    def weight(self, step: int, total_steps: int) -> float:
+        c = self.config
+        if step < c.warmup_steps:
+            return c.weight * (step + 1) / c.warmup_steps
+        progress = min(1.0, (step - c.warmup_steps) / max(1, total_steps - c.warmup_steps))
+        ratio = c.final_weight_ratio + (1 - c.final_weight_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return c.weight * ratio
+
+
+def semantic_loss(targets: list[torch.Tensor], table: torch.Tensor, top_ids: torch.Tensor,
+                  top_k: tuple[int, ...], temperature: float) -> torch.Tensor:
+    """Mean over the semantic layers of -log P(token in the image's top-K words).
+
+    targets: per layer (B, n, D) vectors that pick the tokens (SAQ/RQ targets, with gradient);
+    table (V, D) the codebook in search space; top_ids (B, >= max K). The logits are negative
+    squared distances divided by temperature * D (D-independent scale for unit-RMS vectors).
+    """
+    dim = table.shape[1]
+    sq_norms = table.pow(2).sum(1)
+    losses = []
+    for layer, k in enumerate(top_k):
+        t = targets[layer]  # (B, n, D)
+        dist = t.pow(2).sum(-1, keepdim=True) - 2 * t @ table.t() + sq_norms  # (B, n, V)
+        log_probs = F.log_softmax(-dist / (temperature * dim), dim=-1)
+        wanted = top_ids[:, None, :k].expand(-1, t.shape[1], -1)
+        losses.append(-log_probs.gather(-1, wanted).logsumexp(-1).mean())
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def chosen_word_relevance(relevance: torch.Tensor, ids: list[torch.Tensor]) -> list[dict[str, float]]:
+    """Per layer: mean teacher score of the chosen words and their mean rank among all words
+    (1 = the most relevant word of the vocabulary). relevance (B, V); ids per layer (B, n)."""
+    out = []
+    for layer_ids in ids:
+        scores = relevance.gather(1, layer_ids.to(relevance.device))  # (B, n)
+        # rank = 1 + number of words scoring strictly higher than the chosen one
+        ranks = 1 + (relevance[:, None, :] > scores[:, :, None]).sum(-1).float()
+        out.append({"score": float(scores.mean()), "rank": float(ranks.mean())})
+    return out
+
+
+def caption_word_hits(words_per_image: list[list[str]], colors: list[str], shapes: list[str]) -> float:
+    """Fraction of images whose words include their colour or shape word (plural allowed)."""
+    hits = 0
+    for words, color, shape in zip(words_per_image, colors, shapes, strict=True):
+        lowered = {w.lower() for w in words}
+        hits += bool(lowered & {color, shape, shape + "s", shape + "es"})
+    return hits / max(1, len(words_per_image))
