@@ -1,0 +1,600 @@
+"""Executed notebooks as reports: papermill runs, HTML pages, an index, and a browser check.
+
+`run_reports(notebooks, parameters)` runs each notebook through papermill into
+`reports/<date>_<notebook>_<tag>/`, which then holds the executed notebook, an HTML page (nbconvert,
+code hidden unless asked) and `config.json` (parameters, seed, git commit, package versions,
+status, error). A failing notebook is recorded as failed with its error; the others still run.
+`write_index(reports_dir)` lists every run in `reports/index.html`.
+
+Notebooks run in a kernel of the current interpreter, whatever kernels Jupyter has registered.
+HTML pages load nothing from the network (no require.js, MathJax or widget manager from a CDN;
+plotly.js is inlined by `spae_lab.viz.notebook_setup`), so they open offline. `check_page` opens one
+in headless Chromium and reports JavaScript errors, rendered figures and a screenshot.
+
+`quick_run()` gives notebooks a checkpoint when none is passed: the tiny preset, trained once
+(seconds) into spae_lab's cache and reused.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import html
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUCCEEDED, FAILED = "succeeded", "failed"
+KERNEL_NAME = "python3"  # resolved to the current interpreter by `_current_python_kernel`
+CONFIG_NAME = "config.json"
+_PACKAGES = ("spae-lab", "torch", "numpy", "matplotlib", "plotly", "pandas", "papermill", "nbconvert",
+             "nbclient", "ipykernel", "ipywidgets")
+
+
+class ReportError(ValueError):
+    """A report request that cannot run: unknown notebook or parameter, no browser."""
+
+
+@dataclass
+class ReportRun:
+    notebook: str  # notebook name (file stem)
+    tag: str
+    folder: Path  # reports/<date>_<notebook>_<tag>
+    status: str  # "succeeded" or "failed"
+    seconds: float
+    parameters: dict = field(default_factory=dict)  # as injected by papermill
+    error: str | None = None  # one line; the traceback is in config.json
+
+    @property
+    def html(self) -> Path:
+        return self.folder / f"{self.notebook}.html"
+
+    @property
+    def executed_notebook(self) -> Path:
+        return self.folder / f"{self.notebook}.ipynb"
+
+
+# --- finding notebooks and their parameters -------------------------------------------------------
+
+
+def notebooks_dir() -> Path:
+    """./notebooks when it exists, else the notebooks beside the installed (editable) package."""
+    here = Path.cwd() / "notebooks"
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def find_notebooks(names: Sequence[str] | None = None, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Notebooks by path, name or unique part of a name ("tour", "02"); all of `folder` (sorted)
+    when `names` is empty."""
+    folder = Path(folder) if folder else notebooks_dir()
+    available = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+    if not names:
+        if not available:
+            raise ReportError(f"no notebooks in {folder}")
+        return available
+    found = []
+    for name in names:
+        path = Path(name)
+        if path.suffix == ".ipynb" and path.exists():
+            found.append(path)
+            continue
+        exact = [p for p in available if p.stem == name]
+        partial = [p for p in available if name in p.stem]
+        matches = exact or partial
+        if len(matches) != 1:
+            options = ", ".join(p.stem for p in available)
+            what = "matches several notebooks" if matches else "is no notebook"
+            raise ReportError(f"{name!r} {what}; notebooks in {folder}: {options}")
+        found.append(matches[0])
+    return found
+
+
+def notebook_parameters(path: str | os.PathLike) -> dict[str, dict]:
+    """The `parameters` cell of a notebook: name -> {inferred_type_name, default (source text),
+    help (the comment)}."""
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_parameters_file(path: str | os.PathLike) -> tuple[dict, dict[str, dict]]:
+    """A YAML file of parameters: top-level keys go to every notebook that declares them; an
+    optional `notebooks:` mapping holds per-notebook parameters ({name: {key: value}})."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} must hold a mapping of parameters")
+    per_notebook = data.pop("notebooks", None) or {}
+    if not isinstance(per_notebook, dict) or not all(isinstance(v, dict) for v in per_notebook.values()):
+        raise ReportError(f"{path}: `notebooks:` must map notebook names to parameter mappings")
+    return data, per_notebook
+
+
+# --- the kernel, HTML export, provenance ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _current_python_kernel() -> Iterator[str]:
+    """A kernelspec named `python3` for this interpreter, first on JUPYTER_PATH while in use, so a
+    user-level `python3` kernel of another environment cannot take over."""
+    with tempfile.TemporaryDirectory(prefix="spae-lab-kernel-") as root:
+        spec = Path(root) / "kernels" / KERNEL_NAME
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)", "language": "python",
+        }))
+        old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([root] + ([old] if old else []))
+        try:
+            yield KERNEL_NAME
+        finally:
+            if old is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old
+
+
+# nbconvert's lab template, less what it would fetch from a CDN: require.js and MathJax (notebooks
+# here use neither) and the widget manager (widgets need a live kernel; the pages carry static
+# figures instead).
+_HTML_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+"""
+
+
+def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, hide_code: bool = True) -> Path:
+    """An executed notebook -> a self-contained HTML page (code cells hidden with `hide_code`)."""
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", template_file="spae_lab_report.html.j2",
+                            extra_loaders=[jinja2.DictLoader({"spae_lab_report.html.j2": _HTML_TEMPLATE})],
+                            exclude_input=hide_code, exclude_input_prompt=hide_code,
+                            exclude_output_prompt=hide_code, embed_images=True)
+    node = nbformat.read(str(notebook), as_version=4)
+    body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": Path(notebook).stem}})
+    html_path = Path(html_path)
+    html_path.write_text(body, encoding="utf-8")
+    return html_path
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def provenance(source: Path) -> dict:
+    """Git commit (and whether the work tree differs from it), package versions, platform."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    folder = source.resolve().parent
+    status = _git("status", "--porcelain", cwd=folder)
+    return {"git": {"commit": _git("rev-parse", "HEAD", cwd=folder),
+                    "dirty": bool(status) if status is not None else None},
+            "versions": versions, "platform": platform.platform()}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _describe_error(exc: BaseException) -> tuple[str, str]:
+    """One line and a readable traceback for a failed run."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        line = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+        return line, _ANSI.sub("", "\n".join(exc.traceback))
+    return f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
+                 reports_dir: str | os.PathLike = "reports", tag: str = "default",
+                 hide_code: bool = True, timeout: float | None = None, date: str | None = None) -> ReportRun:
+    """Run one notebook with papermill into reports/<date>_<notebook>_<tag>/ (replacing a run of
+    the same name). Never raises for a failing notebook: the run says `failed` and why."""
+    import papermill
+
+    source = Path(notebook)
+    name = source.stem
+    date = date or dt.date.today().isoformat()
+    folder = Path(reports_dir) / f"{date}_{name}_{tag}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    parameters = dict(parameters or {})
+    declared = notebook_parameters(source)
+    effective = {k: _literal(v["default"]) for k, v in declared.items()} | parameters
+    record = {
+        "notebook": name, "source": str(source), "tag": tag, "date": date,
+        "parameters": effective, "injected": parameters, "seed": effective.get("seed"),
+        "hide_code": hide_code, "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "status": "running", **provenance(source),
+        "files": {"notebook": f"{name}.ipynb", "html": f"{name}.html"},
+    }
+    (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
+    start = time.monotonic()
+    error = trace = None
+    try:
+        with _current_python_kernel() as kernel:
+            papermill.execute_notebook(str(source), str(folder / f"{name}.ipynb"), parameters=parameters,
+                                       kernel_name=kernel, progress_bar=False, execution_timeout=timeout)
+    except Exception as exc:  # a failing notebook is a result, not a crash of the report set
+        error, trace = _describe_error(exc)
+    seconds = time.monotonic() - start
+    executed = folder / f"{name}.ipynb"
+    if executed.exists():
+        try:
+            export_html(executed, folder / f"{name}.html", hide_code=hide_code)
+        except Exception as exc:
+            error = error or f"HTML export failed: {type(exc).__name__}: {exc}"
+            trace = trace or traceback.format_exc()
+    status = FAILED if error else SUCCEEDED
+    record.update(status=status, error=error, traceback=trace, seconds=round(seconds, 2),
+                  finished=dt.datetime.now().isoformat(timespec="seconds"))
+    (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
+    return ReportRun(name, tag, folder, status, seconds, parameters, error)
+
+
+def run_reports(notebooks: Sequence[str | os.PathLike], parameters: dict | None = None,
+                per_notebook: dict[str, dict] | None = None, reports_dir: str | os.PathLike = "reports",
+                tag: str = "default", hide_code: bool = True, timeout: float | None = None,
+                progress: bool = True) -> list[ReportRun]:
+    """Run every notebook (see `run_notebook`) and write the index.
+
+    parameters go to each notebook that declares them (a key no notebook declares is an error);
+    per_notebook maps a notebook name to parameters of its own, which win.
+    """
+    paths = [Path(p) for p in notebooks]
+    declared = {p.stem: notebook_parameters(p) for p in paths}
+    parameters, per_notebook = dict(parameters or {}), dict(per_notebook or {})
+    unknown = set(parameters) - {k for d in declared.values() for k in d}
+    if unknown:
+        raise ReportError(f"no notebook takes the parameter(s) {sorted(unknown)}; they take: "
+                          + "; ".join(f"{n}: {', '.join(d)}" for n, d in declared.items()))
+    for name, own in per_notebook.items():
+        if name not in declared:
+            raise ReportError(f"parameters for {name!r}, which is not among {list(declared)}")
+        if set(own) - set(declared[name]):
+            raise ReportError(f"{name} takes no parameter(s) {sorted(set(own) - set(declared[name]))}")
+    runs = []
+    for i, path in enumerate(paths, 1):
+        given = {k: v for k, v in parameters.items() if k in declared[path.stem]}
+        given.update(per_notebook.get(path.stem, {}))
+        if progress:
+            print(f"[{i}/{len(paths)}] {path.stem} ...", flush=True)
+        run = run_notebook(path, given, reports_dir, tag, hide_code, timeout)
+        if progress:
+            note = f": {run.error}" if run.error else ""
+            print(f"[{i}/{len(paths)}] {path.stem} {run.status} in {run.seconds:.1f} s{note}", flush=True)
+        runs.append(run)
+    write_index(reports_dir)
+    return runs
+
+
+# --- the index --------------------------------------------------------------------------------------
+
+
+def read_runs(reports_dir: str | os.PathLike = "reports") -> list[dict]:
+    """Every run's config.json under reports_dir (with its folder name), newest first."""
+    runs = []
+    for path in Path(reports_dir).glob(f"*/{CONFIG_NAME}"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = {"notebook": path.parent.name, "status": "unreadable"}
+        record["folder"] = path.parent.name
+        runs.append(record)
+    return sorted(runs, key=lambda r: (r.get("started") or "", r["folder"]), reverse=True)
+
+
+_INDEX_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 2em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.8em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+.succeeded { color: #16794a; font-weight: 600; }
+.failed, .unreadable { color: #b3261e; font-weight: 600; }
+.running { color: #8a6d00; font-weight: 600; }
+pre { background: #fbecec; padding: 0.5em; margin: 0.3em 0 0; white-space: pre-wrap; max-width: 70em; }
+code { font-size: 0.85em; }
+"""
+
+
+def _row(run: dict) -> str:
+    esc = html.escape
+    folder = run["folder"]
+    files = run.get("files", {})
+    links = [f'<a href="{esc(folder)}/{esc(files[k])}">{label}</a>'
+             for k, label in (("html", "report"), ("notebook", "notebook")) if k in files
+             and (Path(folder) / files[k]).name == files[k]]
+    links.append(f'<a href="{esc(folder)}/{CONFIG_NAME}">config</a>')
+    params = ", ".join(f"{k}={v!r}" for k, v in (run.get("injected") or {}).items()) or "defaults"
+    status = run.get("status", "unknown")
+    seconds = run.get("seconds")
+    error = f"<pre>{esc(str(run['error']))}</pre>" if run.get("error") else ""
+    return (f"<tr><td><b>{esc(str(run.get('notebook')))}</b>{error}</td><td>{esc(str(run.get('tag', '')))}</td>"
+            f"<td>{esc(str(run.get('started', '')))}</td><td class=\"{esc(status)}\">{esc(status)}</td>"
+            f"<td>{'' if seconds is None else f'{seconds:.1f} s'}</td><td><code>{esc(params)}</code></td>"
+            f"<td>{' · '.join(links)}</td></tr>")
+
+
+def write_index(reports_dir: str | os.PathLike = "reports") -> Path:
+    """reports_dir/index.html: the latest run of each notebook, then every run, each with its
+    status, parameters, error and links to its HTML page, executed notebook and config.json."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    runs = read_runs(reports_dir)
+    latest: dict[str, dict] = {}
+    for run in runs:
+        latest.setdefault(str(run.get("notebook")), run)
+    latest_runs = sorted(latest.values(), key=lambda r: str(r.get("notebook")))
+    counts = {s: sum(r.get("status") == s for r in latest_runs) for s in (SUCCEEDED, FAILED)}
+    header = ("<tr><th>notebook</th><th>tag</th><th>started</th><th>status</th><th>time</th>"
+              "<th>parameters</th><th>files</th></tr>")
+    body = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>spae-lab reports</title>", f"<style>{_INDEX_STYLE}</style></head><body>",
+        "<h1>spae-lab reports</h1>",
+        f"<p>Latest run of each notebook: <span class=\"succeeded\">{counts[SUCCEEDED]} succeeded</span>, "
+        f"<span class=\"failed\">{counts[FAILED]} failed</span>. Index written "
+        f"{dt.datetime.now().isoformat(timespec='seconds')}.</p>",
+        "<h2>Latest runs</h2>", f'<table id="latest">{header}',
+        *(_row(r) for r in latest_runs), "</table>",
+        f"<h2>All runs ({len(runs)})</h2>", f'<table id="all">{header}', *(_row(r) for r in runs), "</table>",
+        "</body></html>",
+    ])
+    path = reports_dir / "index.html"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+# --- a checkpoint for notebooks' defaults -----------------------------------------------------------
+
+
+def _source_digest() -> str:
+    """Digest of the library code a checkpoint depends on (figures, reports and CLI excluded)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name not in {"viz.py", "report.py", "cli.py"}:
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def quick_run(preset: str = "tiny", steps: int | None = None, quantizer: str = "saq", seed: int = 0,
+              progress: bool = False) -> Path:
+    """A run folder to use when a notebook is given no checkpoint: `preset` trained once into
+    spae_lab's cache (the tiny preset takes seconds on a CPU) and reused while the config and the
+    library code stay the same."""
+    from spae_lab.codebook import cache_dir
+    from spae_lab.config import create_config
+    from spae_lab.train import train
+
+    overrides = {"model.quantizer": quantizer, "train.seed": seed}
+    if steps is not None:
+        overrides["train.steps"] = steps
+    cfg = create_config(preset, overrides)
+    key = hashlib.sha256((cfg.to_json() + _source_digest()).encode()).hexdigest()[:16]
+    folder = cache_dir() / "runs" / f"{preset}-{quantizer}-{key}"
+    if (folder / "checkpoint.safetensors").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        train(cfg, scratch, progress=progress)
+        try:
+            scratch.rename(folder)  # atomic: a reader sees a finished run or none
+        except OSError:  # another process finished the same run first
+            pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder
+
+
+# --- headless Chromium ------------------------------------------------------------------------------
+
+
+def find_chromium() -> str | None:
+    """$SPAE_LAB_CHROMIUM, else chromium / chromium-browser / google-chrome on PATH."""
+    candidates = [os.environ.get("SPAE_LAB_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"]
+    for candidate in filter(None, candidates):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--mute-audio")
+
+
+class _DevTools:
+    """Chromium's DevTools protocol over --remote-debugging-pipe (fd 3 in, fd 4 out, NUL-separated
+    JSON): no port, no websocket library."""
+
+    def __init__(self, binary: str, user_data_dir: str):
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+
+        # Chromium reads commands on fd 3 and writes on fd 4: the shell puts the pipe ends there.
+        launch = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}'
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", launch, binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
+             "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(to_chrome_r, from_chrome_w), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buffer = b""
+        self._id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 30) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer from Chromium")
+            ready, _, _ = select.select([self._from_chrome], [], [], left)
+            if ready:
+                chunk = os.read(self._from_chrome, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("Chromium closed the DevTools pipe")
+                self._buffer += chunk
+        message, _, self._buffer = self._buffer.partition(b"\0")
+        return json.loads(message)
+
+    def wait_for(self, method: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._read(deadline))
+
+    def drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with contextlib.suppress(TimeoutError):
+            while True:
+                self.events.append(self._read(deadline))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call("Browser.close", timeout=5)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self._to_chrome, self._from_chrome):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@dataclass
+class PageCheck:
+    url: str
+    errors: list[str]  # uncaught exceptions, console errors, failed loads
+    images: int  # <img> elements that loaded
+    plotly_figures: int  # plotly graphs that rendered (have their SVG)
+    height: int  # page height, px
+    ink: float  # share of screenshot pixels that are not near-white
+    screenshot: Path | None
+
+
+_PAGE_PROBE = """JSON.stringify({
+  images: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+  plotly: [...document.querySelectorAll('.plotly-graph-div')].filter(d => d.querySelector('.main-svg')).length,
+  height: Math.ceil(document.documentElement.scrollHeight)})"""
+
+
+def _event_error(event: dict) -> str | None:
+    method, params = event.get("method"), event.get("params", {})
+    if method == "Runtime.exceptionThrown":
+        details = params.get("exceptionDetails", {})
+        return "exception: " + (details.get("exception", {}).get("description") or details.get("text", "?"))
+    if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        return "console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+    if method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+        entry = params["entry"]
+        return f"log ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}".strip()
+    return None
+
+
+def check_page(path: str | os.PathLike, screenshot: str | os.PathLike | None = None, width: int = 1280,
+               settle_seconds: float = 1.5, timeout: float = 60, max_height: int = 12000) -> PageCheck:
+    """Open an HTML file in headless Chromium; collect JavaScript errors, count loaded images and
+    rendered plotly figures, and take a full-page screenshot (PNG) when `screenshot` is given."""
+    binary = find_chromium()
+    if binary is None:
+        raise ReportError("no Chromium found (apt-get install chromium, or set SPAE_LAB_CHROMIUM)")
+    url = Path(path).resolve().as_uri()
+    with tempfile.TemporaryDirectory(prefix="spae-lab-chromium-") as profile:
+        browser = _DevTools(binary, profile)
+        try:
+            target = browser.call("Target.createTarget", {"url": "about:blank"}, timeout=timeout)["targetId"]
+            session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for domain in ("Page", "Runtime", "Log"):
+                browser.call(f"{domain}.enable", session=session)
+            browser.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900,
+                         "deviceScaleFactor": 1, "mobile": False}, session=session)
+            browser.call("Page.navigate", {"url": url}, session=session, timeout=timeout)
+            browser.wait_for("Page.loadEventFired", timeout)
+            browser.drain(settle_seconds)  # plotly draws after load
+            probe = browser.call("Runtime.evaluate", {"expression": _PAGE_PROBE, "returnByValue": True},
+                                 session=session)
+            found = json.loads(probe["result"]["value"])
+            shot_path, ink = None, 0.0
+            if screenshot is not None:
+                height = max(1, min(found["height"], max_height))
+                shot = browser.call("Page.captureScreenshot", {
+                    "format": "png", "captureBeyondViewport": True,
+                    "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}},
+                    session=session, timeout=timeout)
+                shot_path = Path(screenshot)
+                shot_path.parent.mkdir(parents=True, exist_ok=True)
+                shot_path.write_bytes(base64.b64decode(shot["data"]))
+                ink = _ink(shot_path)
+            browser.drain(0.2)
+        finally:
+            browser.close()
+    errors = [e for e in map(_event_error, browser.events) if e]
+    return PageCheck(url, errors, found["images"], found["plotly"], found["height"], ink, shot_path)
+
+
+def _ink(png: Path) -> float:
+    from PIL import Image
+
+    grey = Image.open(png).convert("L")
+    histogram = grey.histogram()
+    return 1 - sum(histogram[240:]) / max(1, sum(histogram))
