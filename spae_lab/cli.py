@@ -72,7 +72,8 @@ def cmd_train(args) -> int:
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.preset}")
     result = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    _print_result(result)
+    if result.rank == 0:  # under torchrun, rank 0 speaks for the job
+        _print_result(result)
     return 0
 
 

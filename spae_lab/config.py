@@ -97,6 +97,8 @@ class TrainConfig:
     device: str = "auto"  # "auto": CUDA if available else CPU
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "fp32", "bf16"
     num_threads: int | None = None  # torch threads on CPU; None = all cores
+    compile: bool = False  # torch.compile the training step's model (for CUDA; costs a warm-up)
+    distributed_backend: str = "auto"  # under torchrun: "auto" = nccl on CUDA, gloo on CPU; or either
 
 
 @dataclass
@@ -221,6 +223,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"loss.depth_sampling must be 'mixed' or 'full', got {cfg.loss.depth_sampling!r}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
+    if cfg.train.distributed_backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(f"train.distributed_backend must be auto, nccl or gloo, "
+                          f"got {cfg.train.distributed_backend!r}")
     if cfg.semantic.enabled:
         if not cfg.semantic.top_k or len(cfg.semantic.top_k) > len(m.layer_sizes):
             raise ConfigError(f"semantic.top_k {cfg.semantic.top_k}: one K per guided layer, at most "

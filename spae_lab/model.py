@@ -168,12 +168,14 @@ class SPAE(nn.Module):
         x = rearrange(latents, "b (h w) d -> b d h w", h=grid, w=grid)
         return self.decoder(self.from_codebook(x))
 
-    def forward(self, images: torch.Tensor, depths: torch.Tensor | None = None) -> SPAEOutput:
+    def forward(self, images: torch.Tensor, depths: torch.Tensor | None = None,
+                score_layers: int = 0) -> SPAEOutput:
         """Training path: quantize every layer, decode image b from `depths[b]` layers (default:
-        all). Gradients reach the encoder through the straight-through estimator."""
+        all). Gradients reach the encoder through the straight-through estimator. The search
+        scores of the first `score_layers` layers come back in `quant.scores` (semantic loss)."""
         B = images.shape[0]
         z = self.encode_latents(images)
-        quant = self.quantizer(z)
+        quant = self.quantizer(z, score_layers)
         if depths is None:
             depths = torch.full((B,), self.num_layers, dtype=torch.long, device=images.device)
         latents = quant.latents[depths - 1, torch.arange(B, device=images.device)]  # (B, N, D)

@@ -20,7 +20,7 @@ fill), so any prefix gives a full latent grid and reconstruction improves with d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -121,20 +121,43 @@ def nearest_codes(
     """Index of the nearest codebook row (L2) for every target row.
 
     targets (N, D), codebook (V, D) -> (N,) int64. argmin ||t - e||^2 = argmax (t.e - ||e||^2 / 2):
-    one matrix product per chunk of rows, so the extra memory stays bounded whatever N is.
+    one matrix product per chunk of rows, so the extra memory stays bounded whatever N is
+    (SEARCH_CHUNK_ELEMENTS floats of scores, about 64 MB). The bias rides in the product as one
+    more column ([t, 1] . [e, -||e||^2 / 2]), and the score buffer is reused across chunks: no
+    extra pass over the scores and no fresh pages per chunk, which is what the argmax-bound search
+    of a naive loop pays (see benchmarks/bench_search.py).
     """
     if half_sq_norms is None:
         half_sq_norms = 0.5 * codebook.pow(2).sum(dim=1)
-    targets = targets.to(codebook.dtype)
-    rows = max(1, SEARCH_CHUNK_ELEMENTS // codebook.shape[0])
-    out = torch.empty(targets.shape[0], dtype=torch.long, device=targets.device)
+    N, D = targets.shape
+    V = codebook.shape[0]
+    out = torch.empty(N, dtype=torch.long, device=targets.device)
+    if N == 0:
+        return out
+    rows = min(N, max(1, SEARCH_CHUNK_ELEMENTS // V))
     # exact ids: the search runs in the codebook's dtype even under a bf16 autocast region
-    with torch.autocast(targets.device.type, enabled=False):
-        for start in range(0, targets.shape[0], rows):
-            chunk = targets[start : start + rows]
-            scores = torch.addmm(half_sq_norms, chunk, codebook.t(), beta=-1.0)  # (rows, V)
-            out[start : start + rows] = scores.argmax(dim=1)
+    with torch.autocast(targets.device.type, enabled=False), torch.no_grad():
+        augmented = torch.cat([codebook, -half_sq_norms.to(codebook.dtype)[:, None]], dim=1)  # (V, D+1)
+        chunk = targets.new_ones(rows, D + 1, dtype=codebook.dtype)  # last column stays 1
+        scores = targets.new_empty(rows, V, dtype=codebook.dtype)  # reused: (rows, V)
+        for start in range(0, N, rows):
+            n = min(rows, N - start)
+            chunk[:n, :D] = targets[start : start + n]
+            torch.mm(chunk[:n], augmented.t(), out=scores[:n])
+            torch.argmax(scores[:n], dim=1, out=out[start : start + n])
     return out
+
+
+def search_scores(targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """targets (..., D), table (V, D) -> (..., V) scores t.e - ||e||^2 / 2, with gradient.
+
+    argmax over V is the nearest word, and -||t - e||^2 = 2 * score - ||t||^2: a softmax over
+    2 * score / T is the softmax over negative squared distances / T (the row constant cancels),
+    so the semantic loss can reuse the quantizer's product instead of computing distances again.
+    """
+    half_sq_norms = 0.5 * table.pow(2).sum(dim=1)
+    flat = targets.reshape(-1, targets.shape[-1])
+    return torch.addmm(half_sq_norms, flat, table.t(), beta=-1.0).view(*targets.shape[:-1], -1)
 
 
 @dataclass
@@ -145,6 +168,10 @@ class QuantizerOutput:
     codebook_loss: torch.Tensor  # scalar: mean_l || sg(z) - zhat_l ||^2; trains the projection only
     relative_error: torch.Tensor  # (L,) ||z - zhat_l|| / ||z|| at layer l's positions: a health figure
     targets: list[torch.Tensor]  # per layer (B, n_l * n_l, D): the vectors that picked the tokens
+    # per layer of the first `score_layers` (B, n_l * n_l, V): t.e - ||e||^2 / 2 (`search_scores`),
+    # with gradient; the same product picked those layers' ids (computed once, shared with the
+    # semantic loss). Empty unless forward(z, score_layers=k) asked for them.
+    scores: list[torch.Tensor] = field(default_factory=list)
 
 
 class PyramidQuantizer(nn.Module):
@@ -191,19 +218,20 @@ class PyramidQuantizer(nn.Module):
             return sums
         return sums / counts.clamp(min=1).to(sums.dtype)[:, None]
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, score_layers: int = 0) -> QuantizerOutput:
         """z (B, G*G, D) -> QuantizerOutput; all layers are quantized, in float32 even under a
-        bf16 autocast (running sums and SAQ targets lose words in bf16)."""
+        bf16 autocast (running sums and SAQ targets lose words in bf16). For the first
+        `score_layers` layers the search keeps its (B, n, V) scores, with gradient, in `scores`."""
         with torch.autocast(z.device.type, enabled=False):
-            return self._quantize(z.float())
+            return self._quantize(z.float(), score_layers)
 
-    def _quantize(self, z: torch.Tensor) -> QuantizerOutput:
+    def _quantize(self, z: torch.Tensor, score_layers: int = 0) -> QuantizerOutput:
         B, N, D = z.shape
         table = self.table()
         frozen_table = table.detach()
         half_sq_norms = 0.5 * frozen_table.pow(2).sum(1)
         sums = z.new_zeros(B, N, D)
-        ids, commit, codebook_terms, rel_err, estimates, targets = [], [], [], [], [], []
+        ids, commit, codebook_terms, rel_err, estimates, targets, scores = [], [], [], [], [], [], []
         for layer, pos in enumerate(self.layout.positions):
             pos = pos.to(z.device)
             prior = self.layout.prior_counts[layer].to(z.device)
@@ -213,8 +241,12 @@ class PyramidQuantizer(nn.Module):
             else:  # residual quantization
                 target = z_sel - prev_sum
             targets.append(target)  # with gradient, for the semantic loss
-            layer_ids = nearest_codes(target.detach().reshape(-1, D), frozen_table, half_sq_norms)
-            layer_ids = layer_ids.view(B, -1)
+            if layer < score_layers:  # one product serves the search and the semantic loss
+                scores.append(search_scores(target, table))  # (B, n, V)
+                layer_ids = scores[-1].detach().argmax(dim=-1)
+            else:
+                layer_ids = nearest_codes(target.detach().reshape(-1, D), frozen_table, half_sq_norms)
+                layer_ids = layer_ids.view(B, -1)
             sums = sums.index_add(1, pos, table[layer_ids].to(z.dtype))
             estimate = self._estimate(sums, self.layout.counts_after[layer].to(z.device))
             estimates.append(estimate)
@@ -231,7 +263,7 @@ class PyramidQuantizer(nn.Module):
             latents = latents + (z - z.detach())
         codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
         return QuantizerOutput(latents, ids, torch.stack(commit).mean(), codebook_loss,
-                               torch.stack(rel_err), targets)
+                               torch.stack(rel_err), targets, scores)
 
     def _fill(self, estimate: torch.Tensor, depth: int) -> torch.Tensor:
         """(B, G*G, D) estimate after `depth` layers -> every cell reads its representative."""
@@ -369,6 +401,7 @@ __all__ = [
     "TokenPyramid",
     "PyramidError",
     "nearest_codes",
+    "search_scores",
     "codebook_usage",
     "standardize",
     "unit_rms",

@@ -4,6 +4,12 @@ Reproducibility by construction: the batch of step s and the random decode depth
 functions of (seed, s) alone, so a run resumed from a checkpoint (weights + AdamW state + step)
 continues exactly as if it had never stopped. Checkpoints are one safetensors file, written
 atomically; the config travels in its metadata as JSON.
+
+Distributed data parallel: under `torchrun` (WORLD_SIZE > 1) every rank takes its contiguous slice
+of the step's global batch (`train.batch_size` images, the same indices and depths as one process),
+DistributedDataParallel averages the gradients (NCCL on GPUs, gloo on CPUs), and rank 0 alone
+evaluates and writes checkpoints, metrics and figures. The same config, the same checkpoints:
+a run can be resumed with any number of processes.
 """
 
 from __future__ import annotations
@@ -17,20 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from spae_lab.codebook import load_codebook
-from spae_lab.config import ExperimentConfig, config_from_dict
+from spae_lab.config import ConfigError, ExperimentConfig, config_from_dict
 from spae_lab.data import collate, make_dataset
 from spae_lab.io import atomic_write_path
 from spae_lab.losses import reconstruction_losses
 from spae_lab.metrics import psnr
 from spae_lab.model import SPAE
 from spae_lab.pyramid import codebook_usage
-from spae_lab.semantic import SemanticGuide, caption_word_hits, chosen_word_relevance, semantic_loss
+from spae_lab.semantic import SemanticGuide, caption_word_hits, chosen_word_relevance
 from spae_lab.teacher import TeacherError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -49,6 +56,7 @@ class TrainResult:
     heldout_psnr: list[float]  # per depth, dB, at the end of the run
     initial_psnr: list[float] | None = None  # per depth before training (None when resumed)
     history: list[dict] = field(default_factory=list)
+    rank: int = 0  # process rank under torchrun (only rank 0 holds evaluations and writes files)
 
 
 # --- devices --------------------------------------------------------------------------------------
@@ -65,6 +73,67 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+@dataclass
+class DistributedContext:
+    """Where this process stands in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this call initialised the process group, so it tears it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: ExperimentConfig) -> DistributedContext:
+    """Join the torchrun job described by the environment (WORLD_SIZE, RANK, LOCAL_RANK,
+    MASTER_ADDR/PORT); a plain process gets rank 0 of 1. Backend: NCCL on CUDA, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} (the global batch) must be "
+                          f"divisible by the {world_size} processes")
+    owns = False
+    if not dist.is_initialized():
+        backend = cfg.train.distributed_backend
+        if backend == "auto":
+            backend = "nccl" if pick_device(cfg.train.device).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        owns = True
+    return DistributedContext(rank, world_size, local_rank, owns)
+
+
+def _all_mean(values: list[float], ctx: DistributedContext) -> list[float]:
+    """Mean of per-rank values over ranks (each rank's loss is the mean over its equal slice, so
+    this is the loss of the global batch)."""
+    if ctx.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / ctx.world_size).tolist()
+
+
+def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor, top_k: tuple[int, ...],
+                              temperature: float, dim: int) -> torch.Tensor:
+    """`spae_lab.semantic.semantic_loss` from the quantizer's search scores (QuantizerOutput.scores),
+    so the distances to every word are computed once per step.
+
+    scores: per layer (B, n, V) t.e - ||e||^2 / 2; -||t - e||^2 = 2 * score - ||t||^2 and the
+    row constant ||t||^2 cancels in the softmax, so the logits 2 * score / (temperature * dim)
+    give exactly semantic_loss's log-probabilities. top_ids (B, >= max K).
+    """
+    losses = []
+    for layer_scores, k in zip(scores, top_k, strict=True):
+        log_probs = torch.log_softmax(layer_scores * (2.0 / (temperature * dim)), dim=-1)
+        wanted = top_ids[:, None, :k].expand(-1, layer_scores.shape[1], -1)
+        losses.append(-log_probs.gather(-1, wanted).logsumexp(-1).mean())
+    return torch.stack(losses).mean()
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -310,8 +379,15 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    ctx = init_distributed(cfg)
     device = pick_device(cfg.train.device)
+    if ctx.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
     amp_dtype = autocast_dtype(device, cfg.train.precision)
+    if device.type == "cuda" and amp_dtype is None:
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 convolutions/products on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.train.seed)  # weight initialisation
 
     train_set, heldout = build_datasets(cfg)
@@ -319,6 +395,14 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
     guide = build_guide(cfg, model, device)
     guided_layers = len(cfg.semantic.top_k)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    net: torch.nn.Module = model  # what the step calls: DDP and/or compiled wrappers of `model`
+    if ctx.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    per_rank = cfg.train.batch_size // ctx.world_size
+    local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's part of the batch
     checkpoint_path = run_dir / CHECKPOINT_NAME
     metrics_path = run_dir / METRICS_NAME
     start_step, history, initial = 0, [], None
@@ -330,38 +414,44 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
         _restore(model, tensors, metadata, checkpoint_path)
         _restore_optimizer(optimizer, tensors)
         start_step = int(metadata["step"])
-        history = _truncate_metrics(metrics_path, start_step)
+        if ctx.is_main:
+            history = _truncate_metrics(metrics_path, start_step)
     else:
-        if resume:
+        if resume and ctx.is_main:
             warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from scratch", stacklevel=2)
-        metrics_path.unlink(missing_ok=True)
-        initial = evaluate(model, heldout, guide=guide)
-        history.append({"step": 0, "eval": initial})
-        _append_metrics(metrics_path, history[-1])
-    (run_dir / "config.json").write_text(cfg.to_json())
+        if ctx.is_main:
+            metrics_path.unlink(missing_ok=True)
+            initial = evaluate(model, heldout, guide=guide)
+            history.append({"step": 0, "eval": initial})
+            _append_metrics(metrics_path, history[-1])
+    if ctx.is_main:
+        (run_dir / "config.json").write_text(cfg.to_json())
 
     deadline = time.monotonic() + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
     step = start_step
     bar = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
-               desc="train", disable=not progress, dynamic_ncols=True)
+               desc="train", disable=not progress or not ctx.is_main, dynamic_ncols=True)
     model.train()
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        batch = load_batch(train_set, batch_indices(step, cfg.train.batch_size, len(train_set), cfg.train.seed))
+        indices = batch_indices(step, cfg.train.batch_size, len(train_set), cfg.train.seed)
+        batch = load_batch(train_set, indices[local])
         images = batch["image"].to(device)
-        depths = sample_depths(step, images.shape[0], model.num_layers, cfg).to(device)
+        depths = sample_depths(step, cfg.train.batch_size, model.num_layers, cfg)[local].to(device)
+        score_layers = guided_layers if cfg.semantic.enabled else 0
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            out = model(images, depths)
+            out = net(images, depths, score_layers=score_layers)
             losses = reconstruction_losses(out.reconstructions.float(), images * 2 - 1, cfg.loss)
             losses["commitment"] = cfg.loss.commitment_weight * out.quant.commitment_loss
             if model.quantizer.projection is not None:
                 losses["codebook"] = cfg.loss.codebook_weight * out.quant.codebook_loss
             if cfg.semantic.enabled:
                 top_ids = guide.top_words(images)
-                losses["semantic"] = guide.weight(step, cfg.train.steps) * semantic_loss(
-                    out.quant.targets[:guided_layers], model.quantizer.table(), top_ids,
-                    cfg.semantic.top_k, cfg.semantic.temperature)
+                # distances computed once: the quantizer's search scores feed the softmax
+                losses["semantic"] = guide.weight(step, cfg.train.steps) * semantic_loss_from_scores(
+                    out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature,
+                    model.quantizer.dim)
             loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
@@ -371,26 +461,39 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
         optimizer.step()
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-            record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "loss": round(loss.item(), 5),
-                      **{k: round(v.item(), 5) for k, v in losses.items()},
-                      "relative_error": [round(v, 4) for v in out.quant.relative_error.tolist()]}
-            history.append(record)
-            _append_metrics(metrics_path, record)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        out_of_time = (deadline is not None and time.monotonic() > deadline) or done == stop_at
+            names = list(losses)
+            values = _all_mean([loss.item(), *(v.item() for v in losses.values())], ctx)
+            rel_err = _all_mean(out.quant.relative_error.tolist(), ctx)
+            record = {"step": done, "lr": optimizer.param_groups[0]["lr"], "loss": round(values[0], 5),
+                      **{k: round(v, 5) for k, v in zip(names, values[1:], strict=True)},
+                      "relative_error": [round(v, 4) for v in rel_err]}
+            if ctx.is_main:
+                history.append(record)
+                _append_metrics(metrics_path, record)
+            bar.set_postfix(loss=f"{values[0]:.4f}")
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        if deadline is not None and ctx.world_size > 1:  # every rank stops at rank 0's step
+            flag = torch.tensor([float(out_of_time)])
+            dist.broadcast(flag, src=0)
+            out_of_time = bool(flag.item())
+        out_of_time = out_of_time or done == stop_at
         last = done == cfg.train.steps or out_of_time
-        if done % cfg.train.eval_every == 0 or last:
+        if ctx.is_main and (done % cfg.train.eval_every == 0 or last):
             history.append({"step": done, "eval": evaluate(model, heldout, guide=guide)})
             _append_metrics(metrics_path, history[-1])
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{history[-1]['eval']['psnr'][-1]:.2f}")
-        if done % cfg.train.figure_every == 0 or last:
+        if ctx.is_main and (done % cfg.train.figure_every == 0 or last):
             save_reconstruction_figure(model, heldout, run_dir / "figures" / f"step_{done:06d}.png")
-        if done % cfg.train.checkpoint_every == 0 or last:
+        if ctx.is_main and (done % cfg.train.checkpoint_every == 0 or last):
             save_checkpoint(checkpoint_path, model, optimizer, done, cfg)
         step = done
         if out_of_time:
             break
     bar.close()
+    if ctx.world_size > 1:
+        dist.barrier()  # rank 0's last checkpoint is on disk before any rank returns
+        if ctx.owns_group:
+            dist.destroy_process_group()
     final = next((r["eval"] for r in reversed(history) if "eval" in r), None)
     return TrainResult(run_dir, step, final["psnr"] if final else [],
-                       initial["psnr"] if initial else None, history)
+                       initial["psnr"] if initial else None, history, ctx.rank)
