@@ -148,8 +148,15 @@ class LiTTeacher(Teacher):
     def __init__(self, tower: ImageTower, text_encoder: MiniLMTextEncoder | None = None,
                  name: str = "lit"):
         self.tower = tower.eval()
-        self.text_encoder = text_encoder or MiniLMTextEncoder()
+        self._text_encoder = text_encoder
         self.name = name
+
+    @property
+    def text_encoder(self) -> MiniLMTextEncoder:
+        # loaded on first use: with cached word embeddings, training never needs it
+        if self._text_encoder is None:
+            self._text_encoder = MiniLMTextEncoder()
+        return self._text_encoder
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
