@@ -1,0 +1,151 @@
+"""What SPAE adds to a training step: a preset's full SPAE step vs a plain VQ autoencoder of the
+same backbone (encoder, decoder, 1x1 projections) with a learned codebook of the same size and
+search dimension, one layer of G x G tokens, straight-through, commitment + codebook losses.
+
+The SPAE step is the training loop's: forward with random depths, pixel + gradient losses,
+commitment, codebook, and the semantic loss with the teacher's top-K words (the teacher's forward
+included); "SPAE, no semantic" leaves the teacher out. Timings are interleaved medians of one run;
+peak extra memory of a step is measured in a fresh child process per variant.
+
+    .venv/bin/python benchmarks/bench_train_step.py [--preset small] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    interleaved_medians,
+    load_average,
+    peak_rss_mb,
+    reset_peak_rss,
+    run_child,
+)
+
+
+class PlainVQAutoencoder(nn.Module):
+    """The reference: SPAE's backbone around a learned (V, D) codebook, one token per grid cell."""
+
+    def __init__(self, spae):
+        super().__init__()
+        self.encoder, self.decoder = spae.encoder, spae.decoder
+        self.to_codebook, self.from_codebook = spae.to_codebook, spae.from_codebook
+        V, D = len(spae.codebook), spae.quantizer.dim
+        self.codebook = nn.Parameter(torch.randn(V, D) / D**0.5)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from spae_lab.pyramid import nearest_codes
+
+        z = self.to_codebook(self.encoder(images * 2 - 1))  # (B, D, G, G)
+        B, D, G, _ = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (B*G*G, D)
+        codes = self.codebook[nearest_codes(flat.detach(), self.codebook.detach())]
+        vq_loss = (codes - flat.detach()).pow(2).mean() + 0.25 * (flat - codes.detach()).pow(2).mean()
+        quantized = flat + (codes - flat).detach()  # straight-through
+        latents = quantized.view(B, G, G, D).permute(0, 3, 1, 2)
+        return self.decoder(self.from_codebook(latents)), vq_loss
+
+
+def build(preset: str, batch_size: int):
+    from spae_lab.codebook import load_codebook
+    from spae_lab.config import create_config
+    from spae_lab.model import SPAE
+    from spae_lab.semantic import SemanticGuide
+
+    cfg = create_config(preset, {"train.batch_size": batch_size})
+    torch.manual_seed(0)
+    spae = SPAE(cfg.model, load_codebook(cfg.codebook))
+    guide = SemanticGuide.from_config(cfg.semantic, spae.codebook)
+    torch.manual_seed(0)
+    plain = PlainVQAutoencoder(SPAE(cfg.model, spae.codebook))
+    images = torch.rand(batch_size, 3, cfg.model.image_size, cfg.model.image_size)
+    return cfg, spae, guide, plain, images
+
+
+def steps(preset: str, batch_size: int) -> tuple[dict, dict]:
+    """The three step functions, and facts about the shapes."""
+    from spae_lab.losses import reconstruction_losses
+    from spae_lab.train import sample_depths, semantic_loss_from_scores
+
+    cfg, spae, guide, plain, images = build(preset, batch_size)
+    opt_spae = torch.optim.AdamW(spae.parameters(), lr=1e-4)
+    opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-4)
+    depths = sample_depths(0, batch_size, spae.num_layers, cfg)
+    guided = len(cfg.semantic.top_k)
+
+    def spae_step(semantic: bool) -> None:
+        out = spae(images, depths, score_layers=guided if semantic else 0)
+        losses = reconstruction_losses(out.reconstructions, images * 2 - 1, cfg.loss)
+        loss = sum(losses.values()) + cfg.loss.commitment_weight * out.quant.commitment_loss
+        loss = loss + cfg.loss.codebook_weight * out.quant.codebook_loss
+        if semantic:
+            top_ids = guide.top_words(images)
+            loss = loss + cfg.semantic.weight * semantic_loss_from_scores(
+                out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature, spae.quantizer.dim)
+        opt_spae.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_spae.step()
+
+    def plain_step() -> None:
+        recon, vq_loss = plain(images)
+        loss = sum(reconstruction_losses(recon, images * 2 - 1, cfg.loss).values()) + vq_loss
+        opt_plain.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_plain.step()
+
+    fns = {"plain_vq": plain_step, "spae": lambda: spae_step(True),
+           "spae_no_semantic": lambda: spae_step(False)}
+    facts = {"preset": preset, "batch_size": batch_size, "spae_tokens_per_image": spae.layout.cumulative_tokens()[-1],
+             "plain_tokens_per_image": spae.layout.num_positions, "codebook_size": len(spae.codebook),
+             "search_dim": spae.quantizer.dim}
+    return fns, facts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        fns, _ = steps(args.preset, args.batch_size)
+        fn = fns[args.child[0]]
+        # the first step: later ones reuse pages the allocator already holds (AdamW state, a few
+        # MB, is created in it too)
+        before = reset_peak_rss()
+        fn()
+        print(json.dumps({"peak_extra_mb": peak_rss_mb() - before}))
+        return
+
+    load_before = load_average()
+    fns, facts = steps(args.preset, args.batch_size)
+    t = interleaved_medians(fns, args.repeats, warmup=2)
+    child_args = ["--preset", args.preset, "--batch-size", str(args.batch_size)]
+    memory = {name: run_child(__file__, [name, *child_args])["peak_extra_mb"] for name in fns}
+    rows = [{"variant": name, "step_seconds": t[name], "images_per_second": args.batch_size / t[name],
+             "over_plain_vq": t[name] / t["plain_vq"], "peak_extra_mb": memory[name]} for name in fns]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{load_before:.2f} -> {load_average():.2f}; preset {facts['preset']}, batch {facts['batch_size']}, "
+          f"{facts['codebook_size']} words, search {facts['search_dim']}-d; tokens/image: SPAE "
+          f"{facts['spae_tokens_per_image']}, plain VQ {facts['plain_tokens_per_image']}")
+    print(f"{'variant':18s} {'ms/step':>8s} {'images/s':>9s} {'x plain VQ':>11s} {'peak extra MB':>14s}")
+    for r in rows:
+        print(f"{r['variant']:18s} {r['step_seconds'] * 1e3:8.0f} {r['images_per_second']:9.1f} "
+              f"{r['over_plain_vq']:11.2f} {r['peak_extra_mb']:14.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "load_average": [load_before, load_average()], **facts, "steps": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
