@@ -66,7 +66,7 @@ class SemanticConfig:
     teacher: str = "lit:builtin"  # "lit:builtin" (shipped, offline), "lit:PATH", "clip:ID_OR_FOLDER"
     top_k: tuple[int, ...] = (3, 10)  # K per semantic layer from the top; its length = layers guided
     temperature: float = 0.1  # softmax over -||t - e||^2 / (temperature * dim)
-    weight: float = 0.1  # peak weight of the semantic loss
+    weight: float = 0.1  # peak weight (0.03, or a table detached from it, guided less, not cheaper)
     warmup_steps: int = 100  # the weight ramps up from 0 over these steps
     final_weight_ratio: float = 1.0  # then follows a cosine to weight * ratio at the end
 
