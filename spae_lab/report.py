@@ -21,6 +21,7 @@ import ast
 import base64
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import html
 import json
@@ -157,12 +158,13 @@ def _current_python_kernel() -> Iterator[str]:
                 os.environ["JUPYTER_PATH"] = old
 
 
-# nbconvert's lab template, less what it would fetch from a CDN: require.js and MathJax (notebooks
-# here use neither) and the widget manager (widgets need a live kernel; the pages carry static
-# figures instead).
+# nbconvert's lab template, less what it would fetch from a CDN: require.js, MathJax and mermaid
+# (notebooks here use none of them) and the widget manager (widgets need a live kernel; the pages
+# carry static figures instead).
 _HTML_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
 """
 
@@ -453,16 +455,21 @@ class _DevTools:
     def __init__(self, binary: str, user_data_dir: str):
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-
-        # Chromium reads commands on fd 3 and writes on fd 4: the shell puts the pipe ends there.
-        launch = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}'
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", launch, binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
-             "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(to_chrome_r, from_chrome_w), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_chrome_r)
-        os.close(from_chrome_w)
+        # Chromium reads commands on fd 3 and writes on fd 4: bash puts the pipe ends there, from
+        # copies numbered 10 and up so that no redirection overwrites the other's source (dash
+        # takes one-digit descriptors only).
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_chrome_r, from_chrome_w)]
+        for fd in (to_chrome_r, from_chrome_w):
+            os.close(fd)
+        launch = f'exec "$0" "$@" 3<&{ends[0]} 4>&{ends[1]} {ends[0]}<&- {ends[1]}>&-'
+        self._log_path = Path(user_data_dir) / "chromium-stderr.log"
+        with open(self._log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [shutil.which("bash") or "/bin/bash", "-c", launch, binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
+                 "--remote-debugging-pipe", "about:blank"],
+                pass_fds=ends, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        for fd in ends:
+            os.close(fd)
         self._buffer = b""
         self._id = 0
         self.events: list[dict] = []
@@ -492,10 +499,16 @@ class _DevTools:
             if ready:
                 chunk = os.read(self._from_chrome, 1 << 20)
                 if not chunk:
-                    raise RuntimeError("Chromium closed the DevTools pipe")
+                    raise RuntimeError(f"Chromium closed the DevTools pipe; its stderr ends: {self.log_tail()}")
                 self._buffer += chunk
         message, _, self._buffer = self._buffer.partition(b"\0")
         return json.loads(message)
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def wait_for(self, method: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

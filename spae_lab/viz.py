@@ -30,23 +30,36 @@ def _depth_label(depth: int, cumulative_tokens: Sequence[int]) -> str:
     return f"{depth + 1} layer{'s' if depth else ''}\n{cumulative_tokens[depth]} tok"
 
 
+def _mosaic(rows: Sequence[torch.Tensor], gap: int = 1):
+    """Rows of (B, 3, H, W) images -> one (rows*(H+gap), B*(W+gap), 3) array on white."""
+    import numpy as np
+
+    count, _, H, W = rows[0].shape
+    mosaic = np.ones((len(rows) * (H + gap) - gap, count * (W + gap) - gap, 3), dtype=np.float32)
+    for r, images in enumerate(rows):
+        for c in range(count):
+            mosaic[r * (H + gap):r * (H + gap) + H, c * (W + gap):c * (W + gap) + W] = _to_hwc(images[c])
+    return mosaic
+
+
 def _draw_grid(fig, originals: torch.Tensor, by_depth: torch.Tensor, cumulative_tokens: Sequence[int],
                title: str | None = None) -> None:
-    depths, count = by_depth.shape[0], originals.shape[0]
-    axes = fig.subplots(depths + 1, count, squeeze=False)
-    rows = [("original", originals)] + [
-        (f"{_depth_label(d, cumulative_tokens)}, {psnr(by_depth[d], originals).mean():.1f} dB", by_depth[d])
+    """One axes holding a mosaic (fast to draw, even for many images): originals, then each depth."""
+    depths = by_depth.shape[0]
+    H = originals.shape[-2]
+    labels = ["original"] + [
+        f"{_depth_label(d, cumulative_tokens)}, {psnr(by_depth[d], originals).mean():.1f} dB"
         for d in range(depths)
     ]
-    for r, (label, images) in enumerate(rows):
-        for c in range(count):
-            ax = axes[r, c]
-            ax.imshow(_to_hwc(images[c]), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(_mosaic([originals] + list(by_depth)), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (H + 1) + H / 2 for r in range(depths + 1)], labels, fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
     if title:
-        fig.suptitle(title, fontsize=9)
+        ax.set_title(title, fontsize=9)
 
 
 def reconstruction_grid(originals: torch.Tensor, by_depth: torch.Tensor, cumulative_tokens: list[int]):

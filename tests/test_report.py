@@ -1,0 +1,232 @@
+"""`spae-lab report`: papermill runs into reports/, HTML pages, config.json, the index, and the pages
+opened in headless Chromium (no JavaScript errors, figures present, a screenshot that is not blank).
+
+The real notebooks run once per session (module fixture) with quick parameters; small synthetic
+notebooks cover failures and parameter handling.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from spae_lab.report import (
+    FAILED,
+    SUCCEEDED,
+    ReportError,
+    check_page,
+    find_chromium,
+    find_notebooks,
+    read_runs,
+    run_reports,
+    write_index,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("spae-lab")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def needs_chromium():
+    """Skip without Chromium, except in CI, where the check must run."""
+    if find_chromium() is None:
+        if IN_CI:
+            pytest.fail("CI=true but no chromium: .ci/run installs Debian's chromium")
+        pytest.skip("no chromium (apt-get install chromium)")
+
+
+def _notebook(path: Path, parameters: str, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A failing notebook listed first, then a good one with a matplotlib and a plotly figure; run
+    through the CLI."""
+    root = tmp_path_factory.mktemp("synthetic")
+    books = root / "books"
+    books.mkdir()
+    _notebook(books / "a_broken.ipynb", "divisor: int = 0  # what to divide by\nseed: int = 0  # unused",
+              "value = 1 / divisor")
+    _notebook(books / "b_figures.ipynb", "count: int = 3  # points\nseed: int = 0  # numpy seed",
+              "import matplotlib.pyplot as plt\nimport numpy as np\nimport plotly.graph_objects as go\n"
+              "from spae_lab.viz import notebook_setup\nnotebook_setup()\nSECRET_CODE = 'hidden input'",
+              "fig = plt.figure()\nplt.plot(np.random.default_rng(seed).random(count))\nplt.show()",
+              "go.Figure(go.Scatter(y=list(range(count))))",
+              "assert count == 5")
+    reports = root / "reports"
+    proc = subprocess.run(
+        [str(SCRIPT), "report", "--notebooks-dir", str(books), "--out", str(reports), "--tag", "t",
+         "-p", "count=5"],
+        capture_output=True, text=True, timeout=600, cwd=root)
+    return reports, proc
+
+
+def test_a_failing_notebook_is_reported_and_the_others_still_run(synthetic):
+    reports, proc = synthetic
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # one failed
+    assert "1 succeeded, 1 failed" in proc.stdout
+    runs = {r["notebook"]: r for r in read_runs(reports)}
+    assert runs["a_broken"]["status"] == FAILED
+    assert "ZeroDivisionError" in runs["a_broken"]["error"]
+    assert "ZeroDivisionError" in runs["a_broken"]["traceback"]
+    assert runs["b_figures"]["status"] == SUCCEEDED and runs["b_figures"]["error"] is None
+    index = (reports / "index.html").read_text()
+    assert index.count('class="failed">failed') >= 1 and index.count('class="succeeded">succeeded') >= 1
+    assert "ZeroDivisionError" in index
+    for run in runs.values():
+        folder = reports / run["folder"]
+        assert folder.name.endswith(f"_{run['notebook']}_t") and folder.name[:4].isdigit()
+        assert f'href="{folder.name}/{run["notebook"]}.html"' in index
+        assert (folder / f"{run['notebook']}.html").exists()  # the failed one too, with its error
+
+
+def test_config_records_parameters_provenance_and_seed(synthetic):
+    reports, _ = synthetic
+    run = next(r for r in read_runs(reports) if r["notebook"] == "b_figures")
+    assert run["parameters"] == {"count": 5, "seed": 0} and run["injected"] == {"count": 5}
+    assert run["seed"] == 0
+    assert len(run["git"]["commit"] or "") == 40 or run["git"]["commit"] is None
+    assert run["versions"]["torch"] and run["versions"]["papermill"] and run["versions"]["python"]
+    assert run["seconds"] > 0 and run["started"] <= run["finished"]
+    executed = nbformat.read(reports / run["folder"] / "b_figures.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "count = 5" in injected[0].source
+    html = (reports / run["folder"] / "b_figures.html").read_text()
+    assert "SECRET_CODE" not in html  # code hidden by default
+    assert "cdnjs" not in html and "unpkg" not in html and "mathjax/" not in html.lower()
+
+
+def test_parameters_are_checked_and_routed(tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    _notebook(books / "one.ipynb", "alpha: int = 1  # a\nseed: int = 0  # s", "assert alpha == 2")
+    _notebook(books / "two.ipynb", "beta: str = 'x'  # b\nseed: int = 0  # s", "assert beta == 'y'")
+    paths = find_notebooks(folder=books)
+    with pytest.raises(ReportError, match="gamma"):
+        run_reports(paths, {"gamma": 1}, reports_dir=tmp_path / "r")
+    with pytest.raises(ReportError, match="takes no parameter"):
+        run_reports(paths, per_notebook={"one": {"beta": "y"}}, reports_dir=tmp_path / "r")
+    with pytest.raises(ReportError, match="is no notebook"):
+        find_notebooks(["three"], folder=books)
+    assert find_notebooks(["tw"], folder=books) == [books / "two.ipynb"]
+    runs = run_reports(paths, {"alpha": 2}, per_notebook={"two": {"beta": "y"}}, reports_dir=tmp_path / "r",
+                       progress=False)
+    assert [r.status for r in runs] == [SUCCEEDED, SUCCEEDED], [r.error for r in runs]
+    assert runs[0].parameters == {"alpha": 2} and runs[1].parameters == {"beta": "y"}
+
+
+def test_index_lists_latest_and_all_runs(tmp_path):
+    for folder, name, status, started in [("2026-01-01_x_a", "x", FAILED, "2026-01-01T10:00:00"),
+                                          ("2026-01-02_x_a", "x", SUCCEEDED, "2026-01-02T10:00:00"),
+                                          ("2026-01-02_y_a", "y", SUCCEEDED, "2026-01-02T11:00:00")]:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text(json.dumps({
+            "notebook": name, "tag": "a", "status": status, "started": started, "seconds": 1.0,
+            "error": "Boom <b>" if status == FAILED else None,
+            "files": {"notebook": f"{name}.ipynb", "html": f"{name}.html"}}))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{not json")
+    html = write_index(tmp_path).read_text()
+    latest = html.split('<table id="latest">')[1].split("</table>")[0]
+    assert latest.count('class="succeeded"') == 2 and 'class="failed"' not in latest
+    assert "All runs (4)" in html and "Boom &lt;b&gt;" in html and "unreadable" in html
+
+
+# --- the real notebooks ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def notebook_reports(tmp_path_factory):
+    """Every notebook of notebooks/ as a report, with defaults (the training notebook shortened)."""
+    reports = tmp_path_factory.mktemp("reports")
+    runs = run_reports(find_notebooks(folder=ROOT / "notebooks"), {"steps": 20},
+                       reports_dir=reports, tag="test", progress=False)
+    return reports, {r.notebook: r for r in runs}
+
+
+def test_every_notebook_report_succeeds(notebook_reports):
+    reports, runs = notebook_reports
+    assert {r.status for r in runs.values()} == {SUCCEEDED}, {n: r.error for n, r in runs.items()}
+    latest = (reports / "index.html").read_text().split('<table id="latest">')[1].split("</table>")[0]
+    assert latest.count('class="succeeded">succeeded') == len(runs) >= 4
+
+
+def test_token_pyramid_page_shows_words_at_positions(notebook_reports):
+    _, runs = notebook_reports
+    executed = nbformat.read(runs["02_token_pyramid"].executed_notebook, as_version=4)
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    plotly = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert figures and plotly
+    layout = plotly[0]["data"]["application/vnd.plotly.v1+json"]
+    words = [trace for trace in layout["data"] if trace.get("type") == "scatter"]
+    assert [len(t["text"]) for t in words] == [1, 4, 16, 64, 64]  # every layer's words, positioned
+    assert all(len(t["x"]) == len(t["text"]) for t in words)
+
+
+def test_reconstruction_page_shows_grid_and_psnr_rising_with_depth(notebook_reports):
+    _, runs = notebook_reports
+    html = runs["03_reconstruction"].html.read_text()
+    assert "<table" in html and "psnr" in html and "ssim" in html
+    assert html.count("rises with depth: yes") == 2 and "all checks passed" in html
+
+
+def test_report_pages_open_in_chromium_without_errors(notebook_reports, tmp_path):
+    needs_chromium()
+    reports, runs = notebook_reports
+    expected_plotly = {"02_token_pyramid": 1}
+    for name, run in runs.items():
+        shot = tmp_path / f"{name}.png"
+        page = check_page(run.html, shot)
+        assert page.errors == [], (name, page.errors)
+        assert page.images >= 1, name  # matplotlib figures, inline PNG
+        assert page.plotly_figures == expected_plotly.get(name, 0), name  # rendered by plotly.js
+        assert page.ink > 0.03 and page.height > 900, (name, page.ink, page.height)
+        assert shot.stat().st_size > 10_000
+    index = check_page(reports / "index.html", tmp_path / "index.png")
+    assert index.errors == [] and index.ink > 0.001
+
+
+def test_chromium_check_reports_javascript_errors(tmp_path):
+    needs_chromium()
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><p>hello</p><script>console.error('oops'); undefinedCall();</script>"
+                    "</body></html>")
+    result = check_page(page)
+    assert any("oops" in e for e in result.errors)
+    assert any("undefinedCall" in e for e in result.errors)
+    assert result.images == 0 and result.screenshot is None
+
+
+# --- the main job -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_produces_the_report_set(tmp_path):
+    """README's first command after setup: train (small, 400 steps), then every notebook as a report."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([str(SCRIPT), "demo", "--out", str(tmp_path / "demo"), "--reports",
+                           str(tmp_path / "reports"), "--quiet"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = read_runs(tmp_path / "reports")
+    assert {r["notebook"] for r in runs} >= {"01_tour", "02_token_pyramid", "03_reconstruction", "04_training"}
+    assert {r["status"] for r in runs} == {SUCCEEDED}
+    recon = next(r for r in runs if r["notebook"] == "03_reconstruction")
+    assert "rises with depth: yes" in (tmp_path / "reports" / recon["folder"] / "03_reconstruction.html").read_text()
+    if find_chromium() or IN_CI:
+        needs_chromium()
+        for run in runs:
+            page = check_page(tmp_path / "reports" / run["folder"] / f"{run['notebook']}.html",
+                              tmp_path / f"{run['notebook']}.png")
+            assert page.errors == [] and page.images >= 1, (run["notebook"], page.errors)
