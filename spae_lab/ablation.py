@@ -26,13 +26,14 @@ def _slug(name: str) -> str:
     return name.lower().replace(" + ", "_").replace(" ", "_")
 
 
-def final_eval(run_dir: Path) -> dict:
+def final_eval(run_dir: Path, step: int | None = None) -> dict:
+    """The last held-out evaluation of a run (or the one at `step`)."""
     records = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines() if line]
-    return next(r for r in reversed(records) if "eval" in r)
+    return next(r for r in reversed(records) if "eval" in r and step in (None, r["step"]))
 
 
-def ablation_row(name: str, run_dir: Path, guided_layers: int) -> dict:
-    record = final_eval(run_dir)
+def ablation_row(name: str, run_dir: Path, guided_layers: int, step: int | None = None) -> dict:
+    record = final_eval(run_dir, step)
     e = record["eval"]
     row = {"variant": name, "steps": record["step"]}
     for depth, value in enumerate(e["psnr"], start=1):
