@@ -1,9 +1,9 @@
 """The project's own files agree with each other: README commands, CI, environment.yml, metadata."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
