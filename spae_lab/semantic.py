@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from spae_lab.codebook import Codebook
 from spae_lab.config import SemanticConfig
+from spae_lab.pyramid import search_scores
 from spae_lab.teacher import Teacher, load_teacher
 
 
@@ -59,15 +59,25 @@ def semantic_loss(targets: list[torch.Tensor], table: torch.Tensor, top_ids: tor
     targets: per layer (B, n, D) vectors that pick the tokens (SAQ/RQ targets, with gradient);
     table (V, D) the codebook in search space; top_ids (B, >= max K). The logits are negative
     squared distances divided by temperature * D (D-independent scale for unit-RMS vectors).
+    Training takes the same loss from the quantizer's own scores (`semantic_loss_from_scores`).
     """
-    dim = table.shape[1]
-    sq_norms = table.pow(2).sum(1)
+    scores = [search_scores(t, table) for t in targets[: len(top_k)]]
+    return semantic_loss_from_scores(scores, top_ids, top_k, temperature, table.shape[1])
+
+
+def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor, top_k: tuple[int, ...],
+                              temperature: float, dim: int) -> torch.Tensor:
+    """`spae_lab.semantic.semantic_loss` from the quantizer's search scores (QuantizerOutput.scores),
+    so the distances to every word are computed once per step.
+
+    scores: per layer (B, n, V) t.e - ||e||^2 / 2; -||t - e||^2 = 2 * score - ||t||^2 and the
+    row constant ||t||^2 cancels in the softmax, so the logits 2 * score / (temperature * dim)
+    give exactly semantic_loss's log-probabilities. top_ids (B, >= max K).
+    """
     losses = []
-    for layer, k in enumerate(top_k):
-        t = targets[layer]  # (B, n, D)
-        dist = t.pow(2).sum(-1, keepdim=True) - 2 * t @ table.t() + sq_norms  # (B, n, V)
-        log_probs = F.log_softmax(-dist / (temperature * dim), dim=-1)
-        wanted = top_ids[:, None, :k].expand(-1, t.shape[1], -1)
+    for layer_scores, k in zip(scores, top_k, strict=True):
+        log_probs = torch.log_softmax(layer_scores * (2.0 / (temperature * dim)), dim=-1)
+        wanted = top_ids[:, None, :k].expand(-1, layer_scores.shape[1], -1)
         losses.append(-log_probs.gather(-1, wanted).logsumexp(-1).mean())
     return torch.stack(losses).mean()
 

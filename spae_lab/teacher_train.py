@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from spae_lab.data import DIGIT_NAMES, DigitsDataset, ImageFolderDataset, MNISTSample, SyntheticScenes
+from spae_lab.data import (
+    DIGIT_NAMES,
+    DigitsDataset,
+    ImageFolderDataset,
+    MNISTSample,
+    SyntheticScenes,
+)
 from spae_lab.teacher import ImageTower, LiTTeacher, MiniLMTextEncoder
 
 FOLDER_TEMPLATES = ("a photo of a {}", "a blurry photo of a {}", "a picture of a {}", "a {}", "{}")

@@ -37,7 +37,12 @@ from spae_lab.losses import reconstruction_losses
 from spae_lab.metrics import psnr
 from spae_lab.model import SPAE
 from spae_lab.pyramid import codebook_usage
-from spae_lab.semantic import SemanticGuide, caption_word_hits, chosen_word_relevance
+from spae_lab.semantic import (
+    SemanticGuide,
+    caption_word_hits,
+    chosen_word_relevance,
+    semantic_loss_from_scores,
+)
 from spae_lab.teacher import TeacherError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -117,23 +122,6 @@ def _all_mean(values: list[float], ctx: DistributedContext) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return (t / ctx.world_size).tolist()
-
-
-def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor, top_k: tuple[int, ...],
-                              temperature: float, dim: int) -> torch.Tensor:
-    """`spae_lab.semantic.semantic_loss` from the quantizer's search scores (QuantizerOutput.scores),
-    so the distances to every word are computed once per step.
-
-    scores: per layer (B, n, V) t.e - ||e||^2 / 2; -||t - e||^2 = 2 * score - ||t||^2 and the
-    row constant ||t||^2 cancels in the softmax, so the logits 2 * score / (temperature * dim)
-    give exactly semantic_loss's log-probabilities. top_ids (B, >= max K).
-    """
-    losses = []
-    for layer_scores, k in zip(scores, top_k, strict=True):
-        log_probs = torch.log_softmax(layer_scores * (2.0 / (temperature * dim)), dim=-1)
-        wanted = top_ids[:, None, :k].expand(-1, layer_scores.shape[1], -1)
-        losses.append(-log_probs.gather(-1, wanted).logsumexp(-1).mean())
-    return torch.stack(losses).mean()
 
 
 # --- data -----------------------------------------------------------------------------------------
