@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--reports", default="reports", help="folder of the notebook reports")
     p.add_argument("--no-reports", dest="no_reports", action="store_true", help="skip the notebook reports")
-    p.add_argument("--notebook-timeout", dest="notebook_timeout", type=float, default=600,
+    p.add_argument("--notebook-timeout", dest="notebook_timeout", type=float, default=300,
                    help="seconds one notebook cell may run")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

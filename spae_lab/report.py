@@ -21,7 +21,6 @@ import ast
 import base64
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import html
 import json
@@ -144,7 +143,8 @@ def _current_python_kernel() -> Iterator[str]:
         spec = Path(root) / "kernels" / KERNEL_NAME
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],  # no warnings about local TCP in reports
             "display_name": "Python 3 (ipykernel)", "language": "python",
         }))
         old = os.environ.get("JUPYTER_PATH")
@@ -231,7 +231,10 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
                  reports_dir: str | os.PathLike = "reports", tag: str = "default",
                  hide_code: bool = True, timeout: float | None = None, date: str | None = None) -> ReportRun:
     """Run one notebook with papermill into reports/<date>_<notebook>_<tag>/ (replacing a run of
-    the same name). Never raises for a failing notebook: the run says `failed` and why."""
+    the same name). Never raises for a failing notebook: the run says `failed` and why.
+
+    A notebook that declares an `interactive` parameter gets False unless given: live-kernel
+    widgets show nothing in a report, and a batch run with widget comms can hang (nbclient#312)."""
     import papermill
 
     source = Path(notebook)
@@ -243,6 +246,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     folder.mkdir(parents=True)
     parameters = dict(parameters or {})
     declared = notebook_parameters(source)
+    if "interactive" in declared:
+        parameters.setdefault("interactive", False)
     effective = {k: _literal(v["default"]) for k, v in declared.items()} | parameters
     record = {
         "notebook": name, "source": str(source), "tag": tag, "date": date,
@@ -345,8 +350,7 @@ def _row(run: dict) -> str:
     folder = run["folder"]
     files = run.get("files", {})
     links = [f'<a href="{esc(folder)}/{esc(files[k])}">{label}</a>'
-             for k, label in (("html", "report"), ("notebook", "notebook")) if k in files
-             and (Path(folder) / files[k]).name == files[k]]
+             for k, label in (("html", "report"), ("notebook", "notebook")) if "/" not in files.get(k, "/")]
     links.append(f'<a href="{esc(folder)}/{CONFIG_NAME}">config</a>')
     params = ", ".join(f"{k}={v!r}" for k, v in (run.get("injected") or {}).items()) or "defaults"
     status = run.get("status", "unknown")
@@ -453,6 +457,8 @@ class _DevTools:
     JSON): no port, no websocket library."""
 
     def __init__(self, binary: str, user_data_dir: str):
+        import fcntl  # POSIX only, like the pipe itself
+
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
         # Chromium reads commands on fd 3 and writes on fd 4: bash puts the pipe ends there, from

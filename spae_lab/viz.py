@@ -72,19 +72,22 @@ def reconstruction_grid(originals: torch.Tensor, by_depth: torch.Tensor, cumulat
     return fig
 
 
-def reconstruction_comparison(runs: dict[str, tuple[torch.Tensor, torch.Tensor, Sequence[int]]]):
-    """Several checkpoints side by side, one `reconstruction_grid` each.
+def reconstruction_comparison(runs: dict[str, tuple[torch.Tensor, torch.Tensor, Sequence[int]]],
+                              columns: int = 2):
+    """Several checkpoints side by side, one `reconstruction_grid` each, `columns` to a row.
 
     runs: name -> (originals (B, 3, H, W), by_depth (L, B, 3, H, W), cumulative tokens per depth).
     """
     if not runs:
         raise ValueError("reconstruction_comparison needs at least one run")
-    sizes = [(by_depth.shape[0], originals.shape[0]) for originals, by_depth, _ in runs.values()]
-    width = sum(1.0 * count + 1.6 for _, count in sizes)
-    height = 1.0 * (max(depths for depths, _ in sizes) + 1) + 0.4
-    fig = plt.figure(figsize=(width, height), layout="constrained")
-    subfigs = fig.subfigures(1, len(runs), squeeze=False, width_ratios=[c + 1.6 for _, c in sizes])[0]
-    for subfig, (name, (originals, by_depth, tokens)) in zip(subfigs, runs.items(), strict=True):
+    columns = min(columns, len(runs))
+    rows = -(-len(runs) // columns)
+    count = max(originals.shape[0] for originals, _, _ in runs.values())
+    depths = max(by_depth.shape[0] for _, by_depth, _ in runs.values())
+    fig = plt.figure(figsize=(columns * (1.0 * count + 1.6), rows * (1.0 * (depths + 1) + 0.4)),
+                     layout="constrained")
+    subfigs = fig.subfigures(rows, columns, squeeze=False).flatten()
+    for subfig, (name, (originals, by_depth, tokens)) in zip(subfigs, runs.items(), strict=False):
         _draw_grid(subfig, originals, by_depth, tokens, title=name)
     return fig
 
@@ -325,7 +328,6 @@ def token_pyramid_explorer(images: torch.Tensor, pyramid, captions: Sequence[str
     """ipywidgets: pick an image and a layer, see `token_pyramid_plotly` for them. Needs a live
     kernel (exported HTML keeps the static figures instead). images (B, 3, H, W) in [0, 1]."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     captions = list(captions or [f"image {i}" for i in range(len(images))])
     picker = widgets.Dropdown(options=[(f"{i}: {c}", i) for i, c in enumerate(captions)], value=0,
@@ -334,10 +336,12 @@ def token_pyramid_explorer(images: torch.Tensor, pyramid, captions: Sequence[str
     out = widgets.Output()
 
     def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            display(token_pyramid_plotly(images[picker.value], pyramid, picker.value, relevance,
-                                         active_layer=layer.value, title=captions[picker.value]))
+        # Set the Output widget's outputs directly rather than capturing `display` inside it: no
+        # output redirection for a notebook runner to emulate.
+        figure = token_pyramid_plotly(images[picker.value], pyramid, picker.value, relevance,
+                                      active_layer=layer.value, title=captions[picker.value])
+        bundle = figure._repr_mimebundle_(include=None, exclude=None)  # the active plotly renderers
+        out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
     picker.observe(redraw, names="value")
     layer.observe(redraw, names="value")

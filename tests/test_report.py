@@ -109,7 +109,8 @@ def test_config_records_parameters_provenance_and_seed(synthetic):
 def test_parameters_are_checked_and_routed(tmp_path):
     books = tmp_path / "books"
     books.mkdir()
-    _notebook(books / "one.ipynb", "alpha: int = 1  # a\nseed: int = 0  # s", "assert alpha == 2")
+    _notebook(books / "one.ipynb", "alpha: int = 1  # a\ninteractive: bool = True  # widgets\nseed: int = 0  # s",
+              "assert alpha == 2 and interactive is False  # reports run without live-kernel widgets")
     _notebook(books / "two.ipynb", "beta: str = 'x'  # b\nseed: int = 0  # s", "assert beta == 'y'")
     paths = find_notebooks(folder=books)
     with pytest.raises(ReportError, match="gamma"):
@@ -122,7 +123,7 @@ def test_parameters_are_checked_and_routed(tmp_path):
     runs = run_reports(paths, {"alpha": 2}, per_notebook={"two": {"beta": "y"}}, reports_dir=tmp_path / "r",
                        progress=False)
     assert [r.status for r in runs] == [SUCCEEDED, SUCCEEDED], [r.error for r in runs]
-    assert runs[0].parameters == {"alpha": 2} and runs[1].parameters == {"beta": "y"}
+    assert runs[0].parameters == {"alpha": 2, "interactive": False} and runs[1].parameters == {"beta": "y"}
 
 
 def test_index_lists_latest_and_all_runs(tmp_path):
