@@ -106,9 +106,17 @@ def find_notebooks(names: Sequence[str] | None = None, folder: str | os.PathLike
 def notebook_parameters(path: str | os.PathLike) -> dict[str, dict]:
     """The `parameters` cell of a notebook: name -> {inferred_type_name, default (source text),
     help (the comment)}."""
-    import papermill
-
+    papermill = _papermill()
     return papermill.inspect_notebook(str(path))
+
+
+def _papermill():
+    try:
+        import papermill
+    except ImportError:
+        raise ReportError("reports need the notebook tools: pip install -e '.[notebooks]' "
+                          "(scripts/setup.sh installs them)") from None
+    return papermill
 
 
 def _literal(text: str):
@@ -235,7 +243,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
 
     A notebook that declares an `interactive` parameter gets False unless given: live-kernel
     widgets show nothing in a report, and a batch run with widget comms can hang (nbclient#312)."""
-    import papermill
+    papermill = _papermill()
 
     source = Path(notebook)
     name = source.stem
