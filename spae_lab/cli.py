@@ -254,6 +254,7 @@ def cmd_ablate(args) -> int:
     for section in ("model", "semantic"):  # the variants set these
         overrides[section].pop("quantizer", None)
         overrides[section].pop("enabled", None)
+    overrides["model"].pop("semantic_head_layers")  # follows semantic.enabled
     table = run_ablation(args.out, args.preset, overrides, progress=not args.quiet)
     print(to_markdown(table))
     print(f"written: {Path(args.out) / 'ablation.csv'}, {Path(args.out) / 'ablation.md'}")

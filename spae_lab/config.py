@@ -41,6 +41,8 @@ class ModelConfig:
     project_to_codebook: bool = True  # trainable 1x1 projection latent -> codebook space (V2L-style)
     standardize_codebook: bool = True  # centre and rescale the frozen codebook (keeps ids, eases fitting)
     codebook_projection_dim: int | None = 64  # trainable map of the frozen rows to a search space; None: raw
+    semantic_head_layers: int = 2  # first layers picking words from their own projection; derived
+    # by create_config from semantic.top_k (0 when guidance is off) unless given
     normalize: bool = True  # unit-RMS latents and words in search space: cosine search, no drift
 
     @property
@@ -174,6 +176,9 @@ def create_config(preset: str = "small", overrides: dict[str, Any] | None = None
     cfg = ExperimentConfig(preset=preset)
     apply_overrides(cfg, _PRESETS[preset])
     apply_overrides(cfg, overrides or {})
+    if "model.semantic_head_layers" not in _flatten(overrides or {}):
+        # derived unless given: the guided layers get the head, and without guidance none does
+        cfg.model.semantic_head_layers = len(cfg.semantic.top_k) if cfg.semantic.enabled else 0
     validate(cfg)
     return cfg
 
@@ -217,6 +222,8 @@ def validate(cfg: ExperimentConfig) -> None:
                 f"model.layer_sizes {m.layer_sizes}: each must be a power of two dividing the "
                 f"latent grid {grid}"
             )
+    if not 0 <= m.semantic_head_layers <= len(m.layer_sizes):
+        raise ConfigError(f"model.semantic_head_layers must be in 0..{len(m.layer_sizes)}")
     if list(m.layer_sizes) != sorted(m.layer_sizes):
         raise ConfigError(f"model.layer_sizes must go coarse to fine, got {m.layer_sizes}")
     if cfg.loss.depth_sampling not in ("mixed", "full"):

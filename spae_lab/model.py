@@ -138,6 +138,11 @@ class SPAE(nn.Module):
             )
         else:
             self.to_codebook = self.from_codebook = nn.Identity()
+        # The semantic layers pick their words from their own 1x1 projection of the encoder
+        # features: pulling the shared latents towards the teacher's words cost ~7 dB of PSNR
+        # at every depth in trials, a separate head leaves the latents to reconstruction.
+        self.semantic_head = (nn.Conv2d(config.latent_channels, search_dim, 1)
+                              if config.semantic_head_layers else None)
 
     @property
     def num_layers(self) -> int:
@@ -151,16 +156,29 @@ class SPAE(nn.Module):
                 f"resize them (spae_lab.data.load_image does) or use a checkpoint for that size"
             )
 
-    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, S, S) in [0, 1] -> encoder latents in codebook space (B, G*G, D)."""
-        self.check_images(images)
-        z = rearrange(self.to_codebook(self.encoder(images * 2 - 1)), "b d h w -> b (h w) d")
+    def _to_search_space(self, projection: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        z = rearrange(projection(features), "b d h w -> b (h w) d")
         if self.config.normalize:
             # Latents and words on one sphere (unit RMS): nearest = most similar direction. An
             # unnormalised latent drifted to 10x the codebook's scale in trials, and a latent
             # rescaled to a learnable codebook's scale let both shrink together.
             z = unit_rms(z)
         return z
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) in [0, 1] -> encoder latents in codebook space (B, G*G, D)."""
+        self.check_images(images)
+        return self._to_search_space(self.to_codebook, self.encoder(images * 2 - 1))
+
+    def quantize(self, images: torch.Tensor, score_layers: int = 0) -> tuple[torch.Tensor, QuantizerOutput]:
+        """images -> (latents z (B, G*G, D), QuantizerOutput of every layer)."""
+        self.check_images(images)
+        features = self.encoder(images * 2 - 1)
+        z = self._to_search_space(self.to_codebook, features)
+        head = None
+        if self.semantic_head is not None:
+            head = self._to_search_space(self.semantic_head, features)
+        return z, self.quantizer(z, score_layers, head, self.config.semantic_head_layers)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, G*G, D) codebook-space latents -> (B, 3, S, S) in [-1, 1] (unclamped)."""
@@ -174,8 +192,7 @@ class SPAE(nn.Module):
         all). Gradients reach the encoder through the straight-through estimator. The search
         scores of the first `score_layers` layers come back in `quant.scores` (semantic loss)."""
         B = images.shape[0]
-        z = self.encode_latents(images)
-        quant = self.quantizer(z, score_layers)
+        _, quant = self.quantize(images, score_layers)
         if depths is None:
             depths = torch.full((B,), self.num_layers, dtype=torch.long, device=images.device)
         latents = quant.latents[depths - 1, torch.arange(B, device=images.device)]  # (B, N, D)
@@ -184,7 +201,7 @@ class SPAE(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenPyramid:
         """images (B, 3, S, S) in [0, 1] -> TokenPyramid (ids, positions, words per layer)."""
-        quant = self.quantizer(self.encode_latents(images))
+        _, quant = self.quantize(images)
         return TokenPyramid([i.cpu() for i in quant.ids], self.layout, self.codebook)
 
     @torch.no_grad()

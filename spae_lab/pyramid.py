@@ -218,14 +218,19 @@ class PyramidQuantizer(nn.Module):
             return sums
         return sums / counts.clamp(min=1).to(sums.dtype)[:, None]
 
-    def forward(self, z: torch.Tensor, score_layers: int = 0) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, score_layers: int = 0,
+                head: torch.Tensor | None = None, head_layers: int = 0) -> QuantizerOutput:
         """z (B, G*G, D) -> QuantizerOutput; all layers are quantized, in float32 even under a
         bf16 autocast (running sums and SAQ targets lose words in bf16). For the first
-        `score_layers` layers the search keeps its (B, n, V) scores, with gradient, in `scores`."""
+        `score_layers` layers the search keeps its (B, n, V) scores, with gradient, in `scores`.
+        With `head` (B, G*G, D), the first `head_layers` layers pick their tokens from it instead
+        of z (a separate projection for the semantic layers); the decoder's gradient goes to z."""
         with torch.autocast(z.device.type, enabled=False):
-            return self._quantize(z.float(), score_layers)
+            head = head.float() if head is not None else None
+            return self._quantize(z.float(), score_layers, head, head_layers)
 
-    def _quantize(self, z: torch.Tensor, score_layers: int = 0) -> QuantizerOutput:
+    def _quantize(self, z: torch.Tensor, score_layers: int = 0,
+                  head: torch.Tensor | None = None, head_layers: int = 0) -> QuantizerOutput:
         B, N, D = z.shape
         table = self.table()
         frozen_table = table.detach()
@@ -235,7 +240,8 @@ class PyramidQuantizer(nn.Module):
         for layer, pos in enumerate(self.layout.positions):
             pos = pos.to(z.device)
             prior = self.layout.prior_counts[layer].to(z.device)
-            z_sel, prev_sum = z[:, pos], sums[:, pos]
+            source = head if head is not None and layer < head_layers else z
+            z_sel, prev_sum = source[:, pos], sums[:, pos]
             if self.mode == "saq":  # SPAE: streaming average quantization
                 target = (prior + 1).to(z.dtype)[None, :, None] * z_sel - prev_sum
             else:  # residual quantization
@@ -252,10 +258,10 @@ class PyramidQuantizer(nn.Module):
             estimates.append(estimate)
             ids.append(layer_ids)
             # commitment: pull the encoder towards its own quantized estimate (codebook frozen)
-            err = z[:, pos] - estimate[:, pos].detach()
+            err = z_sel - estimate[:, pos].detach()
             commit.append(err.pow(2).mean())
-            codebook_terms.append((z[:, pos].detach() - estimate[:, pos]).pow(2).mean())
-            rel_err.append(err.detach().norm() / z[:, pos].detach().norm().clamp(min=1e-8))
+            codebook_terms.append((z_sel.detach() - estimate[:, pos]).pow(2).mean())
+            rel_err.append(err.detach().norm() / z_sel.detach().norm().clamp(min=1e-8))
         latents = torch.stack([self._fill(est, depth) for depth, est in enumerate(estimates, start=1)])
         if z.requires_grad:
             # straight-through: the decoder's gradient reaches z unchanged (the value is exactly

@@ -203,7 +203,7 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
     for start in range(0, len(dataset), batch_size):
         batch = load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))))
         images = batch["image"].to(device)
-        quant = model.quantizer(model.encode_latents(images))
+        _, quant = model.quantize(images)
         if guide is not None:
             per_layer = chosen_word_relevance(guide.relevance(images), quant.ids)
             relevance_sum += torch.tensor([[r["score"], r["rank"]] for r in per_layer]) * images.shape[0]

@@ -80,3 +80,23 @@ def test_paper_preset_builds_a_six_layer_pyramid():
     model = SPAE(cfg.model, random_codebook("random:64:16"))
     assert model.layout.grid == 16
     assert model.layout.cumulative_tokens() == [1, 5, 21, 85, 341, 597]
+
+
+def test_semantic_head_picks_the_guided_layers_tokens():
+    from spae_lab.pyramid import nearest_codes
+
+    torch.manual_seed(0)
+    cfg = create_config("tiny", {"codebook.source": "random:256:24"})
+    assert cfg.model.semantic_head_layers == 2
+    assert create_config("tiny", {"semantic.enabled": False}).model.semantic_head_layers == 0
+    model = SPAE(cfg.model, random_codebook(cfg.codebook.source)).eval()
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        z, quant = model.quantize(images)
+        features = model.encoder(images * 2 - 1)
+        head = model._to_search_space(model.semantic_head, features)
+        table = model.quantizer.table()
+        for layer, source in ((0, head), (2, z)):  # layer 1 reads the head; layer 3 (no prior
+            pos = model.layout.positions[layer]    # tokens at its positions) reads z
+            want = nearest_codes(source[:, pos].reshape(-1, table.shape[1]), table).view(2, -1)
+            assert torch.equal(quant.ids[layer], want)
