@@ -131,7 +131,11 @@ def load_parameters_file(path: str | os.PathLike) -> tuple[dict, dict[str, dict]
     optional `notebooks:` mapping holds per-notebook parameters ({name: {key: value}})."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ReportError(f"cannot read the parameters file {path}: {reason}") from None
     if not isinstance(data, dict):
         raise ReportError(f"{path} must hold a mapping of parameters")
     per_notebook = data.pop("notebooks", None) or {}
@@ -253,7 +257,12 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     parameters = dict(parameters or {})
-    declared = notebook_parameters(source)
+    error = trace = None
+    try:
+        declared = notebook_parameters(source)
+    except Exception as exc:  # not a readable notebook (damaged JSON, ...): a failed run
+        declared = {}
+        error, trace = _describe_error(exc)
     if "interactive" in declared:
         parameters.setdefault("interactive", False)
     effective = {k: _literal(v["default"]) for k, v in declared.items()} | parameters
@@ -266,11 +275,12 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     }
     (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
     start = time.monotonic()
-    error = trace = None
     try:
-        with _current_python_kernel() as kernel:
-            papermill.execute_notebook(str(source), str(folder / f"{name}.ipynb"), parameters=parameters,
-                                       kernel_name=kernel, progress_bar=False, execution_timeout=timeout)
+        if error is None:
+            with _current_python_kernel() as kernel:
+                papermill.execute_notebook(str(source), str(folder / f"{name}.ipynb"),
+                                           parameters=parameters, kernel_name=kernel,
+                                           progress_bar=False, execution_timeout=timeout)
     except Exception as exc:  # a failing notebook is a result, not a crash of the report set
         error, trace = _describe_error(exc)
     seconds = time.monotonic() - start
@@ -281,6 +291,11 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
         except Exception as exc:
             error = error or f"HTML export failed: {type(exc).__name__}: {exc}"
             trace = trace or traceback.format_exc()
+    if not (folder / f"{name}.html").exists():  # never ran: a page with the error instead
+        (folder / f"{name}.html").write_text(
+            f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>"
+            f"</head><body><h1>{html.escape(name)}: failed</h1><pre>{html.escape(str(error))}\n\n"
+            f"{html.escape(str(trace))}</pre></body></html>", encoding="utf-8")
     status = FAILED if error else SUCCEEDED
     record.update(status=status, error=error, traceback=trace, seconds=round(seconds, 2),
                   finished=dt.datetime.now().isoformat(timespec="seconds"))
@@ -298,21 +313,27 @@ def run_reports(notebooks: Sequence[str | os.PathLike], parameters: dict | None 
     per_notebook maps a notebook name to parameters of its own, which win.
     """
     paths = [Path(p) for p in notebooks]
-    declared = {p.stem: notebook_parameters(p) for p in paths}
+    declared, unreadable = {}, set()
+    for path in paths:
+        try:
+            declared[path.stem] = notebook_parameters(path)
+        except Exception:  # run_notebook records it as failed; the others still run
+            declared[path.stem] = {}
+            unreadable.add(path.stem)
     parameters, per_notebook = dict(parameters or {}), dict(per_notebook or {})
     unknown = set(parameters) - {k for d in declared.values() for k in d}
-    if unknown:
+    if unknown and not unreadable:  # an unreadable notebook may be the one that takes them
         raise ReportError(f"no notebook takes the parameter(s) {sorted(unknown)}; they take: "
                           + "; ".join(f"{n}: {', '.join(d)}" for n, d in declared.items()))
     for name, own in per_notebook.items():
         if name not in declared:
             raise ReportError(f"parameters for {name!r}, which is not among {list(declared)}")
-        if set(own) - set(declared[name]):
+        if set(own) - set(declared[name]) and name not in unreadable:
             raise ReportError(f"{name} takes no parameter(s) {sorted(set(own) - set(declared[name]))}")
     runs = []
     for i, path in enumerate(paths, 1):
         given = {k: v for k, v in parameters.items() if k in declared[path.stem]}
-        given.update(per_notebook.get(path.stem, {}))
+        given.update(per_notebook.get(path.stem, {}) if path.stem not in unreadable else {})
         if progress:
             print(f"[{i}/{len(paths)}] {path.stem} ...", flush=True)
         run = run_notebook(path, given, reports_dir, tag, hide_code, timeout)
@@ -333,7 +354,9 @@ def read_runs(reports_dir: str | os.PathLike = "reports") -> list[dict]:
     for path in Path(reports_dir).glob(f"*/{CONFIG_NAME}"):
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+            record = None
+        if not isinstance(record, dict):
             record = {"notebook": path.parent.name, "status": "unreadable"}
         record["folder"] = path.parent.name
         runs.append(record)

@@ -143,6 +143,26 @@ def test_index_lists_latest_and_all_runs(tmp_path):
     assert "All runs (4)" in html and "Boom &lt;b&gt;" in html and "unreadable" in html
 
 
+def test_an_unreadable_notebook_file_fails_softly(tmp_path):
+    """A damaged .ipynb (cut-off JSON) is a failed run with its error, not a crash of the set: the
+    good notebook still runs, both get a page and a config.json, and the index lists both."""
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a_damaged.ipynb").write_text('{"cells": [{"cell_type": "code", "sou')
+    _notebook(books / "b_good.ipynb", "count: int = 1  # c", "assert count == 2")
+    reports = tmp_path / "reports"
+    (reports / "old_run").mkdir(parents=True)
+    (reports / "old_run" / "config.json").write_text("[1, 2]")  # JSON, but not a run record
+    runs = run_reports(find_notebooks(folder=books), {"count": 2}, reports_dir=reports,
+                       progress=False)
+    assert [(r.notebook, r.status) for r in runs] == [("a_damaged", FAILED), ("b_good", SUCCEEDED)]
+    assert "NotJSONError" in runs[0].error and "\n" not in runs[0].error
+    assert runs[0].html.exists() and "NotJSONError" in runs[0].html.read_text()
+    assert json.loads((runs[0].folder / "config.json").read_text())["status"] == FAILED
+    index = (reports / "index.html").read_text()
+    assert "a_damaged" in index and "b_good" in index and "unreadable" in index
+
+
 # --- the real notebooks ---------------------------------------------------------------------------
 
 
