@@ -1,0 +1,95 @@
+"""The one small interface every LLM reader/writer implements.
+
+A backend answers two kinds of question:
+
+- `generate(prompts, ...)`: greedy continuations, cut at the first stop sequence, optionally
+  constrained to a set of choices (the answer is then always one of them);
+- `loglikelihood(prompt, continuations)`: the summed log-probability of each continuation's tokens
+  given the prompt, where the backend allows it (`supports_loglikelihood`).
+
+`score_shared_prefix(prefix, queries, continuations)` is the few-shot shape: every query of an
+episode shares the support prefix, and every query is scored against the same candidate answers.
+The default loops over `loglikelihood`; the Hugging Face backend overrides it to reuse the prefix's
+key/value cache and to batch the candidates, with the same numbers.
+
+Prompts are always passed as the concatenation prefix + query + continuation; backends tokenize
+the pieces separately (so a cached prefix and a naive full prompt see the same token ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+class LLMError(RuntimeError):
+    """An LLM call that cannot succeed: dead endpoint, bad model, retries exhausted, bad reply."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding parameters; part of every cache key."""
+
+    max_new_tokens: int = 16
+    stop: tuple[str, ...] = ("\n",)
+    temperature: float = 0.0  # 0 = greedy (the only mode the experiments use)
+
+
+@dataclass
+class CallStats:
+    """What a backend did: requests sent, retried and why, served from cache."""
+
+    requests: int = 0
+    retries: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)
+    cache_hits: int = 0
+
+    def note_retry(self, reason: str) -> None:
+        self.retries += 1
+        self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
+
+
+class LLMBackend:
+    """Base class. Subclasses set `kind` ("hf", "openai", ...) and `model`."""
+
+    kind: str = "base"
+    model: str = ""
+    supports_loglikelihood: bool = False
+
+    def __init__(self) -> None:
+        self.stats = CallStats()
+
+    def describe(self) -> dict:
+        """Identity of the backend for cache keys and reports (never contains secrets)."""
+        return {"kind": self.kind, "model": self.model}
+
+    def generate(self, prompts: list[str], params: GenerationParams = GenerationParams(),
+                 choices: list[str] | None = None) -> list[str]:
+        raise NotImplementedError
+
+    def loglikelihood(self, prompt: str, continuations: list[str]) -> list[float]:
+        raise LLMError(f"{self.kind} backend {self.model!r} cannot score continuations; "
+                       "use generation (open or constrained) instead")
+
+    def score_shared_prefix(self, prefix: str, queries: list[str],
+                            continuations: list[str]) -> list[list[float]]:
+        """(len(queries), len(continuations)) log-likelihoods of continuation | prefix + query."""
+        return [self.loglikelihood(prefix + q, continuations) for q in queries]
+
+    # Streaming variants: the same answers, yielded as (index, answer) in any order as they become
+    # available, so a caller (the response cache) can store each one at once and an interrupted run
+    # loses only what was in flight. The defaults compute the whole batch first; backends that
+    # answer item by item (the HTTP backend) override them.
+
+    def generate_iter(self, prompts: list[str], params: GenerationParams = GenerationParams(),
+                      choices: list[str] | None = None) -> Iterator[tuple[int, str]]:
+        """Yield (index into prompts, answer) pairs; same answers as `generate`."""
+        yield from enumerate(self.generate(prompts, params, choices))
+
+    def score_shared_prefix_iter(self, prefix: str, queries: list[str],
+                                 continuations: list[str]) -> Iterator[tuple[int, list[float]]]:
+        """Yield (index into queries, scores) pairs; same numbers as `score_shared_prefix`."""
+        yield from enumerate(self.score_shared_prefix(prefix, queries, continuations))
+
+    def close(self) -> None:
+        """Release threads, connections or files the backend holds (nothing by default)."""

@@ -1,0 +1,501 @@
+"""A backend for any OpenAI-compatible HTTP server (vLLM, llama.cpp server, TGI, OpenAI itself).
+
+    backend = OpenAIBackend("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-0.5B-Instruct")
+    backend.generate(["Q: 2+2?\\nA:"])               # -> [" 4"]
+    backend.loglikelihood("The sky is", [" blue", " green"])
+
+`base_url` is the API root as OpenAI clients take it, usually ending in `/v1`; requests go to
+`{base_url}/completions` or `{base_url}/chat/completions`.
+
+The API key is read from the environment variable named by `api_key_env` at each request and is
+never taken as an argument, kept on the object, logged, or put in cache keys or error messages
+(a server that echoes it back has it replaced by `***`). Without the variable, no Authorization
+header is sent (local servers usually need none).
+
+Robustness: every prompt is one request; up to `concurrency` run in parallel on a thread pool.
+HTTP 429 and 5xx, read timeouts, connections dropped mid-reply and replies that are not the JSON
+expected are retried up to `max_retries` times with exponential backoff and jitter (never sooner
+than a Retry-After header asks); each retry is counted in `self.stats` with its reason
+(`http_429`, `http_503`, `timeout`, `dropped`, `bad_json`, `connect`). A server that cannot be
+reached at all (connection refused, unknown host) is retried only `connect_retries` times with a
+short pause, so a dead endpoint fails in about a second instead of hanging. Any other 4xx is an
+immediate `LLMError` carrying the server's message.
+
+Choices: an OpenAI-compatible server cannot be constrained to a set of answers portably, so with
+`choices` the backend generates freely and snaps the text to a choice: the choice equal to the
+stripped, lower-cased text, else the longest choice the text starts with. Text that matches no
+choice is returned as is (it then scores as wrong, which is what it is).
+
+Log-likelihoods use the legacy completions trick (`echo=True, logprobs=1, max_tokens=0`, as vLLM
+and OpenAI's legacy models allow): the server scores prompt + continuation and returns each token's
+log-probability and character offset; the continuation's score is the sum over the tokens that
+overlap it. A token that straddles the prompt/continuation boundary (prompt "is a " + "cat"
+tokenized as " cat") is counted, because the continuation cannot be produced without it. Only the
+completions endpoint can do this (`supports_loglikelihood`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
+MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are cut client-side
+MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but not an absurd one
+
+
+class _Retryable(Exception):
+    """One failed attempt that may succeed if tried again."""
+
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.retry_after = reason, detail, retry_after
+
+
+class _Cancelled(Exception):
+    """The batch this request belonged to already failed; stop retrying."""
+
+
+class OpenAIBackend(LLMBackend):
+    """Generation and (completions endpoint) scoring through an OpenAI-compatible server."""
+
+    kind = "openai"
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
+                 endpoint: str = "completions", timeout: float = 60.0, connect_timeout: float = 5.0,
+                 max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
+                 connect_retries: int = 2, connect_backoff: float = 0.25, concurrency: int = 4,
+                 seed: int | None = None):
+        """Args:
+            base_url: API root, e.g. "http://127.0.0.1:8000/v1" (credentials in it are never shown).
+            model: the model name the server knows.
+            api_key_env: name of the environment variable holding the key (read per request).
+            endpoint: "completions" (plain prompts; can score) or "chat" (one user message).
+            timeout: seconds to wait for the server's reply (per read) before retrying.
+            connect_timeout: seconds to wait for a TCP connection.
+            max_retries: retries per request after the first attempt (429, 5xx, timeouts, ...).
+            backoff, max_backoff: the n-th retry waits about backoff * 2**n seconds (jittered,
+                at most max_backoff), or longer if the server's Retry-After says so.
+            connect_retries, connect_backoff: retries (and pause) when the server cannot be
+                reached at all; kept small so a dead endpoint fails fast.
+            concurrency: requests in flight at once (a thread pool shared by all calls).
+            seed: seeds the backoff jitter (reproducible timings in tests).
+        """
+        super().__init__()
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {sorted(ENDPOINTS)}, got {endpoint!r}")
+        if concurrency < 1 or max_retries < 0 or connect_retries < 0:
+            raise ValueError("concurrency must be >= 1 and retry counts >= 0")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.endpoint = endpoint
+        self.url = self.base_url + ENDPOINTS[endpoint]
+        self.public_url = _public_url(self.url)
+        self.supports_loglikelihood = endpoint == "completions"
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.connect_retries, self.connect_backoff = connect_retries, connect_backoff
+        self.concurrency = concurrency
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()  # guards stats and the pool's creation
+        self._local = threading.local()  # one requests.Session per thread (Session is not thread-safe)
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "model": self.model, "base_url": _public_url(self.base_url),
+                "endpoint": self.endpoint}
+
+    def __repr__(self) -> str:
+        return (f"OpenAIBackend(model={self.model!r}, base_url={_public_url(self.base_url)!r}, "
+                f"endpoint={self.endpoint!r})")
+
+    def close(self) -> None:
+        """Stop the worker threads (idle ones also stop by themselves at exit)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- the LLMBackend interface -----------------------------------------------------------------
+
+    def generate(self, prompts: list[str], params: GenerationParams = GenerationParams(),
+                 choices: list[str] | None = None) -> list[str]:
+        out: list[str | None] = [None] * len(prompts)
+        for i, text in self.generate_iter(prompts, params, choices):
+            out[i] = text
+        return out  # type: ignore[return-value]  # every index was filled
+
+    def generate_iter(self, prompts: list[str], params: GenerationParams = GenerationParams(),
+                      choices: list[str] | None = None) -> Iterator[tuple[int, str]]:
+        """Yield (index, answer) as each request completes (in completion order)."""
+        tasks = {i: (lambda cancel, p=p: self._generate_one(p, params, choices, cancel))
+                 for i, p in enumerate(prompts)}
+        yield from self._run(tasks)
+
+    def loglikelihood(self, prompt: str, continuations: list[str]) -> list[float]:
+        self._require_scoring()
+        tasks = {j: (lambda cancel, c=c: self._score_one(prompt, c, cancel))
+                 for j, c in enumerate(continuations)}
+        out = dict(self._run(tasks))
+        return [out[j] for j in range(len(continuations))]
+
+    def score_shared_prefix(self, prefix: str, queries: list[str],
+                            continuations: list[str]) -> list[list[float]]:
+        out = dict(self.score_shared_prefix_iter(prefix, queries, continuations))
+        return [out[i] for i in range(len(queries))]
+
+    def score_shared_prefix_iter(self, prefix: str, queries: list[str],
+                                 continuations: list[str]) -> Iterator[tuple[int, list[float]]]:
+        """Yield (query index, scores) as soon as all of a query's continuations are scored.
+
+        All (query, continuation) requests share the pool, so a long episode keeps every worker
+        busy instead of waiting for one query at a time."""
+        self._require_scoring()
+        if not continuations:
+            yield from ((i, []) for i in range(len(queries)))
+            return
+        tasks = {(i, j): (lambda cancel, q=q, c=c: self._score_one(prefix + q, c, cancel))
+                 for i, q in enumerate(queries) for j, c in enumerate(continuations)}
+        partial: dict[int, dict[int, float]] = {}
+        for (i, j), value in self._run(tasks):
+            partial.setdefault(i, {})[j] = value
+            if len(partial[i]) == len(continuations):
+                scores = partial.pop(i)
+                yield i, [scores[j] for j in range(len(continuations))]
+
+    # -- one request of each kind -----------------------------------------------------------------
+
+    def _generate_one(self, prompt: str, params: GenerationParams, choices: list[str] | None,
+                      cancel: threading.Event) -> str:
+        body: dict = {"model": self.model, "max_tokens": params.max_new_tokens,
+                      "temperature": params.temperature, "n": 1}
+        if params.stop:
+            body["stop"] = list(params.stop[:MAX_SERVER_STOPS])
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        text = self._post(body, _parse_text(self.endpoint), cancel)
+        text = _cut_at_stop(text, params.stop)
+        return snap_to_choice(text, choices) if choices else text
+
+    def _score_one(self, prompt: str, continuation: str, cancel: threading.Event) -> float:
+        if not continuation:
+            return 0.0
+        body = {"model": self.model, "prompt": prompt + continuation, "max_tokens": 0,
+                "temperature": 0.0, "echo": True, "logprobs": 1}
+        return self._post(body, _parse_continuation_logprob(len(prompt), len(prompt + continuation)),
+                          cancel, scoring=True)
+
+    def _require_scoring(self) -> None:
+        if not self.supports_loglikelihood:
+            raise LLMError(f"OpenAI-compatible backend {self.model!r} at {self.public_url} cannot "
+                           "score continuations on the chat endpoint; use endpoint='completions' "
+                           "(echo + logprobs) or generation")
+
+    # -- the retry loop ---------------------------------------------------------------------------
+
+    def _post(self, body: dict, parse: Callable[[dict], object], cancel: threading.Event,
+              scoring: bool = False):
+        """POST `body`, retrying what can be retried; return parse(reply JSON)."""
+        retries = connect_failures = 0
+        while True:
+            if cancel.is_set():
+                raise _Cancelled()
+            try:
+                return self._attempt(body, parse, scoring)
+            except _Retryable as exc:
+                detail = self._redact(exc.detail)  # the server may have echoed the key
+                if exc.reason == "connect":
+                    connect_failures += 1
+                    if connect_failures > self.connect_retries:
+                        raise LLMError(f"cannot reach the OpenAI-compatible server at "
+                                       f"{self.public_url}: {detail} (is it running? check "
+                                       "base_url)") from None
+                    delay = self.connect_backoff
+                else:
+                    retries += 1
+                    if retries > self.max_retries:
+                        raise LLMError(f"{self.public_url}: giving up after {retries} attempts; "
+                                       f"last error: {exc.reason}: {detail}") from None
+                    delay = self._delay(retries, exc.retry_after)
+                self._note_retry(exc.reason)
+                log.info("retrying %s after %s (%s); waiting %.2f s", self.public_url, exc.reason,
+                         detail, delay)
+                if cancel.wait(delay):  # an interruptible sleep: stop early if the batch failed
+                    raise _Cancelled() from None
+
+    def _attempt(self, body: dict, parse: Callable[[dict], object], scoring: bool):
+        """One HTTP request. Raises _Retryable for transient failures, LLMError for final ones."""
+        with self._lock:
+            self.stats.requests += 1
+        failure = None
+        try:
+            resp = self._session().post(self.url, json=body, headers=self._headers(),
+                                        timeout=(self.connect_timeout, self.timeout))
+            raw = resp.content  # read the whole body here, so a drop mid-reply raises here
+            resp.request.headers.pop("Authorization", None)  # keep no copy of the key around
+        except requests.exceptions.RequestException as exc:
+            failure = _Retryable(_classify(exc), _describe_network_error(exc))
+        if failure is not None:
+            # Raised outside the except block: requests' exception (whose request object holds
+            # the headers, key included) is not kept as this one's __context__.
+            raise failure
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise _Retryable(f"http_{resp.status_code}", self._server_message(resp, raw),
+                             _retry_after(resp.headers.get("Retry-After")))
+        if resp.status_code >= 400:
+            raise LLMError(self._http_error(resp, raw, scoring))
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            raise _Retryable("bad_json", f"reply is not JSON: {raw[:80]!r}") from None
+        return parse(reply)
+
+    def _delay(self, retry: int, retry_after: float | None) -> float:
+        """Exponential backoff with 'equal jitter'; at least what Retry-After asks."""
+        cap = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
+        with self._lock:
+            delay = cap / 2 + self._rng.uniform(0, cap / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+        return delay
+
+    def _note_retry(self, reason: str) -> None:
+        with self._lock:
+            self.stats.note_retry(reason)
+
+    # -- running many requests --------------------------------------------------------------------
+
+    def _run(self, tasks: dict) -> Iterator[tuple[object, object]]:
+        """Run task(cancel) for every task on the pool; yield (key, result) in completion order.
+
+        On the first failure the remaining requests are cancelled (queued ones never start,
+        retrying ones stop at their next pause) and the error is raised."""
+        cancel = threading.Event()
+        pool = self._get_pool()
+        futures: dict[Future, object] = {pool.submit(fn, cancel): key for key, fn in tasks.items()}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    exc = fut.exception()
+                    if exc is not None and not isinstance(exc, _Cancelled):
+                        raise exc
+                    if exc is None:
+                        yield futures[fut], fut.result()
+        finally:
+            # Also runs if the caller stops iterating early (e.g. its cache write failed).
+            cancel.set()
+            for fut in pending:
+                fut.cancel()
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai-http")
+            return self._pool
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=self.concurrency, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    # -- secrets and error messages ---------------------------------------------------------------
+
+    def _headers(self) -> dict:
+        """Request headers, built per request so the key is never stored on the backend."""
+        key = os.environ.get(self.api_key_env)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _redact(self, text: str) -> str:
+        """Remove the key (servers may echo it back) from any text bound for a message or log."""
+        key = os.environ.get(self.api_key_env)
+        return text.replace(key, "***") if key else text
+
+    def _server_message(self, resp: requests.Response, raw: bytes) -> str:
+        """The server's own explanation: error.message of the JSON body, else the start of it."""
+        try:
+            err = json.loads(raw).get("error")
+            msg = err.get("message") if isinstance(err, dict) else err
+        except (ValueError, AttributeError):
+            msg = None
+        if not msg:
+            msg = raw[:300].decode("utf-8", "replace").strip() or resp.reason or ""
+        return self._redact(f"HTTP {resp.status_code}: {msg}")
+
+    def _http_error(self, resp: requests.Response, raw: bytes, scoring: bool) -> str:
+        msg = f"{self.public_url} refused the request ({self._server_message(resp, raw)})"
+        if resp.status_code in (401, 403):
+            msg += f"; check the API key in ${self.api_key_env}"
+        elif resp.status_code == 404:
+            msg += f"; check base_url (usually ends in /v1) and model {self.model!r}"
+        if scoring:
+            msg += ("; scoring needs a completions server that accepts echo=True with logprobs "
+                    "and max_tokens=0 (vLLM does); otherwise use generation")
+        return msg
+
+
+# -- reply parsing (pure functions) ---------------------------------------------------------------
+
+def _first_choice(reply: dict) -> dict:
+    try:
+        choice = reply["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        raise _Retryable("bad_json", f"reply has no choices: {str(reply)[:120]}") from None
+    if not isinstance(choice, dict):
+        raise _Retryable("bad_json", "reply's choice is not an object")
+    return choice
+
+
+def _parse_text(endpoint: str) -> Callable[[dict], str]:
+    def parse(reply: dict) -> str:
+        choice = _first_choice(reply)
+        if endpoint == "chat":
+            message = choice.get("message")
+            # content is null when the model said nothing (e.g. max_tokens=0): an empty answer
+            text = (message.get("content") or "") if isinstance(message, dict) else None
+        else:
+            text = choice.get("text")
+        if not isinstance(text, str):
+            raise _Retryable("bad_json", f"reply has no text: {str(choice)[:120]}")
+        return text
+    return parse
+
+
+def _parse_continuation_logprob(start: int, end: int) -> Callable[[dict], float]:
+    """Sum the logprobs of the echoed tokens overlapping characters [start, end) of the text."""
+    def parse(reply: dict) -> float:
+        lp = _first_choice(reply).get("logprobs")
+        if not isinstance(lp, dict) or not lp.get("token_logprobs") or not lp.get("text_offset"):
+            raise LLMError("the server did not return prompt logprobs (echo=True, logprobs=1); "
+                           "it cannot score continuations, use generation instead")
+        tokens, logprobs, offsets = lp.get("tokens") or [], lp["token_logprobs"], lp["text_offset"]
+        if not (len(tokens) == len(logprobs) == len(offsets)):
+            raise _Retryable("bad_json", "logprobs lists of different lengths")
+        total, counted = 0.0, 0
+        for tok, value, off in zip(tokens, logprobs, offsets, strict=True):
+            if off < end and off + max(len(tok), 1) > start:
+                if value is None:  # the very first token has no context: nothing to score against
+                    raise LLMError("cannot score a continuation of an empty prompt")
+                total += float(value)
+                counted += 1
+        if counted == 0:
+            raise LLMError("the server's echoed tokens do not cover the continuation "
+                           f"(characters {start}..{end}); cannot score it")
+        return total
+    return parse
+
+
+def snap_to_choice(text: str, choices: list[str]) -> str:
+    """The choice the generated text names, else the text itself (scored as wrong).
+
+    Exact match after strip + lower first, then the longest choice the text starts with (so "cats
+    are..." picks "cat", and "category" beats "cat" when both are choices)."""
+    norm = text.strip().lower()
+    for choice in choices:
+        if norm == choice.strip().lower():
+            return choice
+    prefixed = [c for c in choices if c.strip() and norm.startswith(c.strip().lower())]
+    return max(prefixed, key=lambda c: len(c.strip())) if prefixed else text
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """Cut at the earliest stop sequence (servers may ignore some, or only take four)."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def _classify(exc: requests.exceptions.RequestException) -> str:
+    """'connect' (server unreachable), 'timeout' (no reply in time) or 'dropped' (cut off)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timeout"
+    if isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc):
+        return "connect"
+    return "dropped"
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """True if the error chain says the TCP connection was never made (refused, DNS, ...)."""
+    return any(isinstance(e, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
+               for e in _error_chain(exc))
+
+
+def _error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and those it wraps (requests nests urllib3's, which nest the OS error)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [*e.args, getattr(e, "reason", None), e.__cause__, e.__context__]
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    """A short cause ("Connection refused", "read timed out") instead of requests' long repr."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"{type(exc).__name__} (no reply in time)"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "connection closed mid-reply"
+    for e in _error_chain(exc):
+        if isinstance(e, urllib3.exceptions.NameResolutionError):
+            return "unknown host"
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password@ and without a query string (either may carry a secret)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
