@@ -16,34 +16,54 @@ import yaml
 from spae_lab.codebook import CodebookError
 from spae_lab.config import CodebookConfig, ConfigError, create_config, list_presets
 from spae_lab.data import DataError
+from spae_lab.fewshot import FewShotError
+from spae_lab.llm.base import LLMError
 from spae_lab.model import ShapeError
 from spae_lab.pyramid import PyramidError
 from spae_lab.report import ReportError
 from spae_lab.teacher import TeacherError
 from spae_lab.train import CheckpointError
 
+# FloatingPointError: a diverging run ("loss became nan at step 12; lower train.lr").
 USER_ERRORS = (ConfigError, DataError, CodebookError, CheckpointError, ShapeError, PyramidError,
-               TeacherError, ReportError, FileNotFoundError)
+               TeacherError, ReportError, FileNotFoundError, FloatingPointError, FewShotError,
+               LLMError)
 
 
 def _parse_sets(pairs: list[str]) -> dict:
+    """["key=value", ...] -> {key: YAML value}; ConfigError for anything else."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ConfigError(f"--set takes key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key.strip()}: cannot parse {value!r} ({_first_line(e)})") from None
     return out
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def read_yaml_mapping(path: str, error: type[Exception] = ConfigError) -> dict:
+    """A YAML file holding a mapping (empty: {}); `error` for a missing, unreadable or other file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise error(f"cannot read {path}: {_first_line(e)}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{path} must hold a mapping of keys")
+    return loaded
 
 
 def config_from_args(args) -> object:
     """Preset, then a YAML file, then --set pairs, then the shortcut flags."""
     overrides: dict = {}
     if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{args.config} must hold a mapping of config keys")
-        overrides.update(loaded)
+        overrides.update(read_yaml_mapping(args.config))
     overrides.update(_parse_sets(args.set or []))
     for flag, key in (("steps", "train.steps"), ("batch_size", "train.batch_size"),
                       ("dataset", "data.dataset"), ("seed", "train.seed"),
@@ -72,6 +92,8 @@ def cmd_train(args) -> int:
 
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.preset}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a run folder")
     result = train(cfg, out, resume=args.resume, progress=not args.quiet)
     if result.rank == 0:  # under torchrun, rank 0 speaks for the job
         _print_result(result)
@@ -107,7 +129,11 @@ def _load_images(model, args):
 def cmd_encode(args) -> int:
     from spae_lab.train import load_tokenizer
 
+    if args.count < 1:
+        raise ConfigError(f"--count must be at least 1, got {args.count}")
     model = load_tokenizer(args.checkpoint)
+    if args.layers is not None and not 1 <= args.layers <= model.num_layers:
+        raise ConfigError(f"--layers must be in 1..{model.num_layers} for this tokenizer, got {args.layers}")
     names, images = _load_images(model, args)
     pyramid = model.encode(images)
     for i, name in enumerate(names):
@@ -134,6 +160,8 @@ def cmd_decode(args) -> int:
 def cmd_codebook(args) -> int:
     from spae_lab.codebook import load_codebook
 
+    if args.max_size < 0:
+        raise ConfigError(f"--max-size must be 0 (all lexical tokens) or more, got {args.max_size}")
     cb = load_codebook(CodebookConfig(source=args.source, max_size=args.max_size or None))
     print(cb.describe())
     print("first words:", " ".join(cb.words[: args.show]))
@@ -261,6 +289,23 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_fewshot(args) -> int:
+    from spae_lab.fewshot import FROZEN_SETTINGS, FewShotConfig, run_experiment
+
+    settings = FROZEN_SETTINGS if args.settings == "frozen7" else FROZEN_SETTINGS[1:2]
+    config = FewShotConfig(ways=tuple(args.ways), settings=settings, names=tuple(args.names),
+                           decodings=tuple(args.decoding), prompt_format=args.format,
+                           episodes=args.episodes, seed=args.seed)
+    result = run_experiment(args.out, args.tokenizer, baseline=args.baseline,
+                            dataset=args.dataset, max_per_class=args.max_per_class,
+                            layers=args.layers, baseline_max_tokens=args.baseline_max_tokens,
+                            backend=args.backend, references=tuple(args.references),
+                            config=config, progress=not args.quiet)
+    print(result["paths"]["table_md"].read_text())
+    print(f"tables and per-query records in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spae-lab", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -310,6 +355,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
 
+    p = sub.add_parser("fewshot", help="few-shot classification by a frozen LLM reading image words")
+    p.add_argument("tokenizer", help="SPAE run folder or checkpoint (trained with semantic guidance)")
+    p.add_argument("--baseline", help="LQAE-style run (one layer, no semantic loss) on the same codebook")
+    p.add_argument("--baseline-max-tokens", type=int, help="words per image of the baseline (default all)")
+    p.add_argument("--dataset", help="images (held-out split); default: the tokenizer's dataset")
+    p.add_argument("--max-per-class", type=int, default=200, help="held-out images per class to draw from")
+    p.add_argument("--layers", type=int, default=2, help="SPAE pyramid layers per image (2 = 5 words)")
+    p.add_argument("--ways", type=int, nargs="+", default=[2, 5])
+    p.add_argument("--episodes", type=int, default=20, help="episodes per (ways, shots)")
+    p.add_argument("--settings", choices=["frozen7", "quick"], default="frozen7",
+                   help="Frozen's 7 settings, or only task induction + 1 shot")
+    p.add_argument("--names", nargs="+", choices=["real", "nonsense"], default=["real", "nonsense"])
+    p.add_argument("--decoding", nargs="+", choices=["likelihood", "constrained", "open"],
+                   default=["likelihood"])
+    p.add_argument("--format", choices=["spae", "v2l"], default="spae", help="prompt format")
+    p.add_argument("--references", nargs="*", choices=["pixels", "teacher"], default=["pixels", "teacher"],
+                   help="no-LLM 1-NN references")
+    p.add_argument("--backend", default="hf:smollm2",
+                   help="hf:<id or folder> or openai:<model>@<base_url> (key from $OPENAI_API_KEY)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="reports/fewshot", help="folder: episodes, LLM cache, tables")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fewshot)
+
     p = sub.add_parser("presets", help="list the named presets")
     p.add_argument("--verbose", metavar="PRESET", help="print one preset's full config")
     p.set_defaults(func=cmd_presets)
@@ -351,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        print(f"spae-lab {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the library said
+        print(f"spae-lab {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -68,9 +68,18 @@ class TrainResult:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """"auto" (CUDA if available, else CPU) or a torch device name; ConfigError for a name torch
+    does not know or a CUDA device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s) (use auto or cpu)")
+    return device
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -288,6 +297,22 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, metadata
 
 
+def checkpoint_config(metadata: dict[str, str], source) -> ExperimentConfig:
+    """The config a checkpoint was trained with (its metadata, as JSON)."""
+    try:
+        return config_from_dict(json.loads(metadata["config"]))
+    except (KeyError, json.JSONDecodeError, ConfigError) as e:
+        reason = "no config" if isinstance(e, KeyError) else e
+        raise CheckpointError(f"{source}: unusable config in its metadata: {reason}") from e
+
+
+def checkpoint_step(metadata: dict[str, str], source) -> int:
+    try:
+        return int(metadata["step"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{source}: no valid step in its metadata") from None
+
+
 def _restore(model: SPAE, tensors: dict[str, torch.Tensor], metadata: dict[str, str], source) -> None:
     if metadata.get("codebook_fingerprint") != model.codebook.fingerprint():
         raise CheckpointError(
@@ -295,7 +320,11 @@ def _restore(model: SPAE, tensors: dict[str, torch.Tensor], metadata: dict[str, 
             f"(fingerprint {metadata.get('codebook_fingerprint')} != {model.codebook.fingerprint()})"
         )
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # tensors of other shapes: another preset's weights
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), e)
+        raise CheckpointError(f"{source} does not fit this model: {first}") from None
     missing = [k for k in missing if k != "quantizer.codebook"]
     if missing or unexpected:
         raise CheckpointError(
@@ -323,9 +352,10 @@ def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device =
     if not path.exists() and not path.is_absolute() and (Path("runs") / path).exists():
         path = Path("runs") / path
     tensors, metadata = read_checkpoint(path)
-    cfg = config_from_dict(json.loads(metadata["config"]))
+    cfg = checkpoint_config(metadata, path)
     model = SPAE(cfg.model, load_codebook(cfg.codebook))
     _restore(model, tensors, metadata, path)
+    model.experiment_config = cfg  # the run's full config: its dataset, seed, teacher
     return model.to(pick_device(str(device))).eval()
 
 
@@ -364,7 +394,6 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
     from spae_lab.viz import save_reconstruction_figure  # matplotlib only when training
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     ctx = init_distributed(cfg)
@@ -377,6 +406,17 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 convolutions/products on tensor cores
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.train.seed)  # weight initialisation
+
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    metrics_path = run_dir / METRICS_NAME
+    resuming = resume and checkpoint_path.exists()
+    if resuming:  # a checkpoint that cannot continue this config fails before anything is loaded
+        tensors, metadata = read_checkpoint(checkpoint_path)
+        saved = checkpoint_config(metadata, checkpoint_path)
+        if (saved.model, saved.codebook) != (cfg.model, cfg.codebook):
+            raise CheckpointError(f"{checkpoint_path} was trained with another model or codebook "
+                                  f"config (preset {saved.preset!r})")
+        start_step = checkpoint_step(metadata, checkpoint_path)
 
     train_set, heldout = build_datasets(cfg)
     model = SPAE(cfg.model, load_codebook(cfg.codebook)).to(device)
@@ -391,20 +431,18 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
         net = torch.compile(net)
     per_rank = cfg.train.batch_size // ctx.world_size
     local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's part of the batch
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    metrics_path = run_dir / METRICS_NAME
-    start_step, history, initial = 0, [], None
-    if resume and checkpoint_path.exists():
-        tensors, metadata = read_checkpoint(checkpoint_path)
-        saved = config_from_dict(json.loads(metadata["config"]))
-        if (saved.model, saved.codebook) != (cfg.model, cfg.codebook):
-            raise CheckpointError(f"{checkpoint_path} was trained with another model or codebook config")
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no empty folder
+    history, initial = [], None
+    if resuming:
         _restore(model, tensors, metadata, checkpoint_path)
-        _restore_optimizer(optimizer, tensors)
-        start_step = int(metadata["step"])
+        try:
+            _restore_optimizer(optimizer, tensors)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{checkpoint_path}: unusable optimizer state: {e}") from e
         if ctx.is_main:
             history = _truncate_metrics(metrics_path, start_step)
     else:
+        start_step = 0
         if resume and ctx.is_main:
             warnings.warn(f"--resume: no checkpoint in {run_dir}, starting from scratch", stacklevel=2)
         if ctx.is_main:

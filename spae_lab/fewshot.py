@@ -1,0 +1,514 @@
+"""Few-shot classification by a frozen LLM reading images as words (SPAE section 3, Frozen's protocol).
+
+An *episode* draws `ways` classes, `shots` support images per class and one query image per class
+from a labelled dataset (images the tokenizer never trained on). Each image becomes text (its first
+pyramid layers' words); the LLM reads the support set (optionally repeated, optionally after a
+task-induction sentence) and names each query's class:
+
+- `open`: greedy generation, exact match of the class name (Frozen, SPAE);
+- `constrained`: greedy generation restricted to the class names (V2L);
+- `likelihood`: the class name with the highest log-likelihood (scores every name).
+
+Episodes are sampled with a seed and saved to JSON (by image path), so anyone reruns exactly the
+same episodes. LLM answers go through an on-disk cache (`spae_lab.llm.cache`), so a killed
+experiment resumes without asking again and a finished one re-renders for free.
+
+The paper's table has 7 settings per way (`FROZEN_SETTINGS`): (task induction, inner shots,
+repeats) = (no, 1, 0), (yes, 1, 0), (yes, 3, 0), (yes, 5, 0), (yes, 1, 1), (yes, 1, 3), (yes, 1, 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spae_lab.io import atomic_write_text
+from spae_lab.llm.base import GenerationParams, LLMBackend
+
+
+class FewShotError(ValueError):
+    """An experiment that cannot run as asked: too few images per class, a stale episodes file."""
+
+
+DECODINGS = ("likelihood", "constrained", "open")
+PROMPT_FORMATS = ("spae", "v2l")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One column of Frozen's table."""
+
+    induction: bool
+    shots: int  # inner shots: distinct support images per class
+    repeats: int  # extra copies of the whole support set
+
+    @property
+    def label(self) -> str:
+        return f"{'T' if self.induction else 'noT'}-{self.shots}s-{self.repeats}r"
+
+
+FROZEN_SETTINGS = (Setting(False, 1, 0), Setting(True, 1, 0), Setting(True, 3, 0),
+                   Setting(True, 5, 0), Setting(True, 1, 1), Setting(True, 1, 3),
+                   Setting(True, 1, 5))
+
+# Frozen's nonsense names (Tsimpoukelli et al. 2021), extended for more ways.
+NONSENSE_NAMES = ("dax", "blicket", "slation", "perpo", "shously", "wug", "toma", "fep",
+                  "zorb", "kiki")
+
+
+# --- episodes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Episode:
+    """Image keys (dataset paths or indices) of one episode; `classes` are dataset class ids."""
+
+    ways: int
+    shots: int
+    classes: list[int]
+    support: list[tuple[str, int]]  # (image key, position in `classes`), in prompt order
+    queries: list[tuple[str, int]]
+
+
+def image_keys(dataset) -> list[str]:
+    """A stable key per image: its relative path for folders, else its index."""
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return [str(p) for p in paths]
+    return [str(i) for i in range(len(dataset))]
+
+
+def dataset_labels(dataset) -> list[int]:
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return [int(x) for x in labels]
+    return [int(dataset[i]["label"]) for i in range(len(dataset))]
+
+
+def sample_episodes(labels: Sequence[int], keys: Sequence[str], ways: int, shots: int,
+                    count: int, seed: int) -> list[Episode]:
+    """`count` episodes: `ways` random classes, `shots` support + 1 query image each, disjoint."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    eligible = sorted(c for c, items in by_class.items() if len(items) >= shots + 1)
+    if len(eligible) < ways:
+        raise FewShotError(f"{ways}-way {shots}-shot episodes need {ways} classes with at least "
+                         f"{shots + 1} images; the dataset has {len(eligible)}")
+    rng = random.Random(f"{seed}-{ways}-{shots}")
+    episodes = []
+    for _ in range(count):
+        classes = rng.sample(eligible, ways)
+        support, queries = [], []
+        for pos, c in enumerate(classes):
+            picked = rng.sample(by_class[c], shots + 1)
+            support += [(keys[i], pos) for i in picked[:shots]]
+            queries.append((keys[picked[shots]], pos))
+        rng.shuffle(support)
+        rng.shuffle(queries)
+        episodes.append(Episode(ways, shots, classes, support, queries))
+    return episodes
+
+
+def save_episodes(path: str | Path, episodes: dict[str, list[Episode]], meta: dict) -> None:
+    data = {"meta": meta, "episodes": {k: [asdict(e) for e in v] for k, v in episodes.items()}}
+    atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def load_episodes(path: str | Path) -> tuple[dict[str, list[Episode]], dict]:
+    data = json.loads(Path(path).read_text())
+    episodes = {
+        k: [Episode(e["ways"], e["shots"], e["classes"], [tuple(s) for s in e["support"]],
+                    [tuple(q) for q in e["queries"]]) for e in v]
+        for k, v in data["episodes"].items()
+    }
+    return episodes, data["meta"]
+
+
+# --- prompts --------------------------------------------------------------------------------------
+
+
+def class_names(episode: Episode, dataset_classes: Sequence[str], names: str) -> list[str]:
+    """Names the LLM sees for the episode's classes: the real ones or Frozen's nonsense words."""
+    if names == "real":
+        return [dataset_classes[c].replace("_", " ").lower() for c in episode.classes]
+    if names == "nonsense":
+        return list(NONSENSE_NAMES[: episode.ways])
+    raise FewShotError(f"names must be 'real' or 'nonsense', got {names!r}")
+
+
+def build_prompt(support: Sequence[tuple[str, str]], query_texts: Sequence[str],
+                 names: Sequence[str], setting: Setting, prompt_format: str = "spae"
+                 ) -> tuple[str, list[str]]:
+    """(prefix shared by every query, one query string per query image).
+
+    `support` holds (image text, class name) in prompt order; the LLM's answer continues the query
+    with " <name>" (see `answer_continuations`).
+    """
+    examples = list(support) * (setting.repeats + 1)
+    if prompt_format == "spae":
+        # Frozen / SPAE: "Answer with dax or blicket." then "<image> This is a dax."
+        head = f"Answer with {' or '.join(names)}.\n" if setting.induction else ""
+        prefix = head + "".join(f"Image: {t}. This is a {n}.\n" for t, n in examples)
+        return prefix, [f"Image: {t}. This is a" for t in query_texts]
+    if prompt_format == "v2l":
+        options = " or ".join(f"'{n}'" for n in names)
+        head = (f"For each of the following input output pairs, output is one of [{options}]\n"
+                if setting.induction else "")
+        prefix = head + "###\n" + "".join(f"Input: < {t} >\nOutput: {n}\n###\n" for t, n in examples)
+        return prefix, [f"Input: < {t} >\nOutput:" for t in query_texts]
+    raise FewShotError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+
+
+def answer_continuations(names: Sequence[str]) -> list[str]:
+    return [" " + n for n in names]
+
+
+def parse_open_answer(text: str) -> str:
+    """Generated text -> a candidate name: first line, lower case, no surrounding punctuation."""
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    return text.strip(string.punctuation + " ").lower()
+
+
+def predict(backend: LLMBackend, prefix: str, queries: Sequence[str], names: Sequence[str],
+            decoding: str) -> list[int | None]:
+    """Index into `names` of each query's answer; None when an open answer names no class."""
+    continuations = answer_continuations(names)
+    if decoding == "likelihood":
+        scores = backend.score_shared_prefix(prefix, list(queries), continuations)
+        return [max(range(len(names)), key=row.__getitem__) for row in scores]
+    if decoding == "constrained":
+        answers = backend.generate([prefix + q for q in queries], GenerationParams(
+            max_new_tokens=8, stop=("\n", ".")), choices=continuations)
+        return [continuations.index(a) if a in continuations else None for a in answers]
+    if decoding == "open":
+        answers = backend.generate([prefix + q for q in queries], GenerationParams(
+            max_new_tokens=8, stop=("\n", ".", "#")))
+        lowered = [n.lower() for n in names]
+        parsed = [parse_open_answer(a) for a in answers]
+        return [lowered.index(p) if p in lowered else None for p in parsed]
+    raise FewShotError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+
+
+# --- image -> text --------------------------------------------------------------------------------
+
+
+class TokenizerTexts:
+    """Image text from a trained tokenizer: the words of its first `num_layers` layers.
+
+    `max_tokens` keeps only the first N words (LQAE-style single-layer tokenizers have 64).
+    """
+
+    def __init__(self, model, num_layers: int = 2, max_tokens: int | None = None,
+                 batch_size: int = 128):
+        self.model, self.num_layers, self.max_tokens = model, num_layers, max_tokens
+        self.batch_size = batch_size
+
+    @property
+    def description(self) -> str:
+        layout = self.model.layout
+        n = layout.cumulative_tokens()[min(self.num_layers, layout.num_layers) - 1]
+        if self.max_tokens is not None:
+            n = min(n, self.max_tokens)
+        return f"{min(self.num_layers, layout.num_layers)} layer(s), {n} words"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> list[str]:
+        out = []
+        layers = min(self.num_layers, self.model.num_layers)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(images), self.batch_size):
+            pyramid = self.model.encode(images[start : start + self.batch_size].to(device))
+            for i in range(len(pyramid)):
+                words = pyramid.to_text(layers, image=i).split()
+                out.append(" ".join(words[: self.max_tokens]))
+        return out
+
+
+def texts_for(keys: Sequence[str], dataset, to_text: Callable[[torch.Tensor], list[str]]
+              ) -> dict[str, str]:
+    """Text of each distinct image key (each image is encoded once)."""
+    index = {k: i for i, k in enumerate(image_keys(dataset))}
+    unique = sorted(set(keys))
+    images = torch.stack([dataset[index[k]]["image"] for k in unique])
+    return dict(zip(unique, to_text(images), strict=True))
+
+
+# --- no-LLM references ----------------------------------------------------------------------------
+
+
+def nearest_neighbour_predictions(episode: Episode, features: dict[str, torch.Tensor],
+                                  metric: str = "cosine") -> list[int]:
+    """Class position of each query's nearest support image (1-NN; what the LLM must beat)."""
+    support = torch.stack([features[k] for k, _ in episode.support]).float()
+    positions = torch.tensor([p for _, p in episode.support])
+    preds = []
+    for key, _ in episode.queries:
+        q = features[key].float()
+        if metric == "cosine":
+            sim = F.normalize(support, dim=-1) @ F.normalize(q, dim=-1)
+        else:
+            sim = -((support - q) ** 2).sum(-1)
+        preds.append(int(positions[sim.argmax()]))
+    return preds
+
+
+def word_overlap_predictions(episode: Episode, texts: dict[str, str]) -> list[int]:
+    """Class of the support image sharing most words with the query (ties: first in prompt)."""
+    preds = []
+    for key, _ in episode.queries:
+        words = set(texts[key].split())
+        overlaps = [len(words & set(texts[k].split())) for k, _ in episode.support]
+        preds.append(episode.support[max(range(len(overlaps)), key=overlaps.__getitem__)][1])
+    return preds
+
+
+# --- statistics and tables ------------------------------------------------------------------------
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sane at 0% and 100%, unlike mean +- 2 se)."""
+    if total == 0:
+        return (math.nan, math.nan)
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(records: list[dict]) -> pd.DataFrame:
+    """Per-query records -> accuracy with 95% CI per (method, ways, names, decoding, setting)."""
+    df = pd.DataFrame(records)
+    keys = ["method", "ways", "names", "decoding", "setting"]
+    rows = []
+    for group, part in df.groupby(keys, sort=False):
+        correct, total = int(part["correct"].sum()), len(part)
+        low, high = wilson_interval(correct, total)
+        rows.append(dict(zip(keys, group, strict=True)) | {"queries": total, "accuracy": correct / total,
+                                              "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The paper's shape: one row per (ways, names, decoding, method), the 7 settings as columns
+    (accuracy in %), and their average."""
+    order = [s.label for s in FROZEN_SETTINGS]
+    table = summary.pivot_table(index=["ways", "names", "decoding", "method"], columns="setting",
+                                values="accuracy", sort=False)
+    table = table[[c for c in order if c in table.columns]] * 100
+    table["average"] = table.mean(axis=1)
+    return table.round(1).reset_index()
+
+
+# --- the experiment -------------------------------------------------------------------------------
+
+
+@dataclass
+class FewShotConfig:
+    """One few-shot experiment; every field is recorded beside its results."""
+
+    ways: tuple[int, ...] = (2, 5)
+    settings: tuple[Setting, ...] = FROZEN_SETTINGS
+    names: tuple[str, ...] = ("real", "nonsense")
+    decodings: tuple[str, ...] = ("likelihood",)
+    prompt_format: str = "spae"
+    episodes: int = 20  # per (ways, shots); each has one query per class
+    seed: int = 0
+
+
+def episode_sets(labels, keys, cfg: FewShotConfig) -> dict[str, list[Episode]]:
+    """Episodes per (ways, shots); settings that differ only in repeats/induction share them."""
+    out = {}
+    for ways in cfg.ways:
+        for shots in sorted({s.shots for s in cfg.settings}):
+            out[f"{ways}way-{shots}shot"] = sample_episodes(labels, keys, ways, shots,
+                                                            cfg.episodes, cfg.seed)
+    return out
+
+
+def dataset_fingerprint(keys: Sequence[str], labels: Sequence[int]) -> str:
+    payload = json.dumps([list(keys), list(labels)]).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def prepare_episodes(dataset, cfg: FewShotConfig, path: str | Path | None
+                     ) -> dict[str, list[Episode]]:
+    """Load the episodes file if it matches this dataset and config, else sample and save it."""
+    keys, labels = image_keys(dataset), dataset_labels(dataset)
+    meta = {"dataset": dataset_fingerprint(keys, labels), "ways": list(cfg.ways),
+            "shots": sorted({s.shots for s in cfg.settings}), "episodes": cfg.episodes,
+            "seed": cfg.seed}
+    if path is not None and Path(path).exists():
+        episodes, saved = load_episodes(path)
+        if saved == meta:
+            return episodes
+        raise FewShotError(f"{path} holds episodes of another dataset or config ({saved}); "
+                         f"expected {meta}: pass another episodes file or delete it")
+    episodes = episode_sets(labels, keys, cfg)
+    if path is not None:
+        save_episodes(path, episodes, meta)
+    return episodes
+
+
+def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]],
+                backend: LLMBackend, cfg: FewShotConfig, episodes_path: str | Path | None = None,
+                references: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every (reader, ways, names, decoding, setting) on the same episodes.
+
+    `readers` map a method name to an image -> text function (e.g. `TokenizerTexts`);
+    `references` map a no-LLM method name to an image -> feature function (1-NN on the features;
+    `word overlap` of each reader's texts is added automatically). Returns (per-query records,
+    summary table with 95% CIs).
+    """
+    classes = list(dataset.classes)
+    episodes = prepare_episodes(dataset, cfg, episodes_path)
+    all_keys = sorted({k for eps in episodes.values() for e in eps for k, _ in e.support + e.queries})
+    texts = {name: texts_for(all_keys, dataset, fn) for name, fn in readers.items()}
+    features = {}
+    for name, fn in (references or {}).items():
+        index = {k: i for i, k in enumerate(image_keys(dataset))}
+        images = torch.stack([dataset[index[k]]["image"] for k in all_keys])
+        features[name] = dict(zip(all_keys, fn(images), strict=True))
+
+    records: list[dict] = []
+
+    def record(method, ways, names, decoding, setting, episode_id, episode, preds):
+        for (key, truth), pred in zip(episode.queries, preds, strict=True):
+            records.append({"method": method, "ways": ways, "names": names, "decoding": decoding,
+                            "setting": setting.label, "episode": episode_id, "image": key,
+                            "truth": truth, "prediction": pred, "correct": pred == truth})
+
+    jobs = [(m, w, n, d, s) for m in readers for w in cfg.ways for n in cfg.names
+            for d in cfg.decodings for s in cfg.settings]
+    bar = tqdm(total=len(jobs) * cfg.episodes, desc="few-shot episodes", disable=not progress)
+    for method, ways, names, decoding, setting in jobs:
+        for i, episode in enumerate(episodes[f"{ways}way-{setting.shots}shot"]):
+            shown = class_names(episode, classes, names)
+            support = [(texts[method][k], shown[p]) for k, p in episode.support]
+            prefix, queries = build_prompt(support, [texts[method][k] for k, _ in episode.queries],
+                                           shown, setting, cfg.prompt_format)
+            preds = predict(backend, prefix, queries, shown, decoding)
+            record(method, ways, names, decoding, setting, i, episode, preds)
+            bar.update(1)
+    bar.close()
+
+    # No-LLM references: names, decoding and induction do not matter; repeats add no new image.
+    for w in cfg.ways:
+        for setting in cfg.settings:
+            for i, episode in enumerate(episodes[f"{w}way-{setting.shots}shot"]):
+                for name, feats in features.items():
+                    preds = nearest_neighbour_predictions(episode, feats)
+                    record(f"1-NN {name} (no LLM)", w, "-", "-", setting, i, episode, preds)
+                for method, method_texts in texts.items():
+                    preds = word_overlap_predictions(episode, method_texts)
+                    record(f"word overlap {method} (no LLM)", w, "-", "-", setting, i, episode,
+                           preds)
+    return pd.DataFrame(records), summarize(records)
+
+
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """Raw pixels, flattened, centred per image: the simplest no-LLM reference."""
+    flat = images.flatten(1).float()
+    return flat - flat.mean(1, keepdim=True)
+
+
+def save_results(out_dir: str | Path, records: pd.DataFrame, summary: pd.DataFrame,
+                 config: dict) -> dict[str, Path]:
+    """records.csv, summary.csv/.md (accuracy and CI), table.csv/.md (the paper's shape)."""
+    from spae_lab.ablation import to_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = paper_table(summary)
+    paths = {"records": out / "records.csv", "summary": out / "summary.csv",
+             "summary_md": out / "summary.md", "table": out / "table.csv",
+             "table_md": out / "table.md", "config": out / "config.json"}
+    atomic_write_text(paths["records"], records.to_csv(index=False))
+    atomic_write_text(paths["summary"], summary.to_csv(index=False))
+    atomic_write_text(paths["summary_md"], to_markdown(summary.round(3)))
+    atomic_write_text(paths["table"], table.to_csv(index=False))
+    atomic_write_text(paths["table_md"], to_markdown(table))
+    atomic_write_text(paths["config"], json.dumps(config, indent=2, default=str))
+    return paths
+
+
+
+def heldout_dataset(model, dataset: str | None = None, max_per_class: int | None = 200):
+    """Images the tokenizer never trained on: the held-out split of `dataset` (default: the
+    dataset the tokenizer was trained on), by the same seed as its training run."""
+    from spae_lab.data import make_dataset
+
+    cfg = model.experiment_config
+    name = dataset or cfg.data.dataset
+    kwargs = {"max_per_class": max_per_class} if max_per_class and name not in ("scenes", "digits",
+                                                                                  "mnist") else {}
+    return make_dataset(name, model.config.image_size, split="heldout", seed=cfg.train.seed,
+                        **kwargs)
+
+
+def teacher_features(spec: str = "lit:builtin") -> Callable[[torch.Tensor], torch.Tensor]:
+    """Image -> teacher embedding: the no-LLM reference on the features SPAE distils from."""
+    from spae_lab.teacher import load_teacher
+
+    teacher = load_teacher(spec)
+    return lambda images: torch.cat([teacher.embed_images(images[i : i + 256]).float()
+                                     for i in range(0, len(images), 256)])
+
+
+def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str | Path | None = None,
+                   dataset: str | None = None, max_per_class: int | None = 200, layers: int = 2,
+                   baseline_max_tokens: int | None = None, backend: str | LLMBackend = "hf:smollm2",
+                   references: Sequence[str] = ("pixels", "teacher"),
+                   config: FewShotConfig | None = None, progress: bool = True) -> dict:
+    """The whole experiment from checkpoints: SPAE tokens (first `layers` layers), optionally an
+    LQAE-style `baseline` tokenizer (one layer, no semantic loss), no-LLM references; episodes,
+    LLM cache and tables under `out_dir`. Returns {"records", "summary", "table", "paths"}."""
+    from spae_lab.llm import load_backend
+    from spae_lab.llm.cache import CachedBackend
+    from spae_lab.train import load_tokenizer
+
+    config = config or FewShotConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_tokenizer(tokenizer)
+    data = heldout_dataset(model, dataset, max_per_class)
+    readers = {"SPAE": TokenizerTexts(model, layers)}
+    if baseline is not None:
+        base_model = load_tokenizer(baseline)
+        readers["LQAE-style"] = TokenizerTexts(base_model, 1, baseline_max_tokens)
+    feature_fns = {}
+    for name in references:
+        if name == "pixels":
+            feature_fns["pixels"] = pixel_features
+        elif name == "teacher":
+            feature_fns["teacher"] = teacher_features(model.experiment_config.semantic.teacher)
+        else:
+            raise FewShotError(f"unknown reference {name!r}: use 'pixels' or 'teacher'")
+    inner = load_backend(backend) if isinstance(backend, str) else backend
+    llm = CachedBackend(inner, out / "llm_cache.sqlite")
+    try:
+        records, summary = run_fewshot(data, readers, llm, config, out / "episodes.json",
+                                       feature_fns, progress)
+    finally:
+        llm.close()
+    record = {"tokenizer": str(tokenizer), "baseline": str(baseline) if baseline else None,
+              "dataset": dataset or model.experiment_config.data.dataset, "split": "heldout",
+              "max_per_class": max_per_class, "layers": layers,
+              "readers": {k: v.description for k, v in readers.items()},
+              "backend": llm.describe(), "fewshot": asdict(config),
+              "llm_calls": asdict(llm.stats)}
+    paths = save_results(out, records, summary, record)
+    return {"records": records, "summary": summary, "table": paper_table(summary), "paths": paths}
