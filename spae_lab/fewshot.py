@@ -365,13 +365,13 @@ def prepare_episodes(dataset, cfg: FewShotConfig, path: str | Path | None
 def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]],
                 backend: LLMBackend, cfg: FewShotConfig, episodes_path: str | Path | None = None,
                 references: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, str]]]:
     """Run every (reader, ways, names, decoding, setting) on the same episodes.
 
     `readers` map a method name to an image -> text function (e.g. `TokenizerTexts`);
     `references` map a no-LLM method name to an image -> feature function (1-NN on the features;
     `word overlap` of each reader's texts is added automatically). Returns (per-query records,
-    summary table with 95% CIs).
+    summary table with 95% CIs, {reader: {image key: text}}).
     """
     classes = list(dataset.classes)
     episodes = prepare_episodes(dataset, cfg, episodes_path)
@@ -416,7 +416,7 @@ def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]]
                     preds = word_overlap_predictions(episode, method_texts)
                     record(f"word overlap {method} (no LLM)", w, "-", "-", setting, i, episode,
                            preds)
-    return pd.DataFrame(records), summarize(records)
+    return pd.DataFrame(records), summarize(records), texts
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
@@ -500,7 +500,7 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
     inner = load_backend(backend) if isinstance(backend, str) else backend
     llm = CachedBackend(inner, out / "llm_cache.sqlite")
     try:
-        records, summary = run_fewshot(data, readers, llm, config, out / "episodes.json",
+        records, summary, texts = run_fewshot(data, readers, llm, config, out / "episodes.json",
                                        feature_fns, progress)
     finally:
         llm.close()
@@ -511,4 +511,5 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
               "backend": llm.describe(), "fewshot": asdict(config),
               "llm_calls": asdict(llm.stats)}
     paths = save_results(out, records, summary, record)
-    return {"records": records, "summary": summary, "table": paper_table(summary), "paths": paths}
+    return {"records": records, "summary": summary, "table": paper_table(summary), "paths": paths,
+            "texts": texts, "classes": list(data.classes)}

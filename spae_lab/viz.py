@@ -137,13 +137,20 @@ def save_reconstruction_figure(model, dataset, path: str | Path, num_images: int
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
-    """(3, H, W) in [0, 1] -> PNG file."""
+    """(3, H, W) in [0, 1] -> an image file in the format its extension names (.png, .jpg, ...),
+    written atomically: a failed save leaves an existing file as it was."""
     from PIL import Image
 
+    from spae_lab.data import DataError
+    from spae_lab.io import atomic_write_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if path.is_dir() or image_format is None:
+        raise DataError(f"cannot save an image as {path}: give a file name ending in .png or .jpg")
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
-    Image.fromarray(array.astype("uint8")).save(path)
+    with atomic_write_path(path) as tmp:
+        Image.fromarray(array.astype("uint8")).save(tmp, format=image_format)
     return path
 
 
@@ -426,3 +433,40 @@ class LiveLossPlot:
         else:
             self._handle.update(self.figure)
         return self.figure
+
+
+def fewshot_figure(summary):
+    """Bars of few-shot accuracy per (method, decoding), one panel per way, with 95% CIs.
+
+    `summary`: `spae_lab.fewshot.summarize` output (one row per method, ways, names, decoding,
+    setting, with correct counts in `queries` * `accuracy`). Settings are pooled per bar.
+    """
+    import numpy as np
+
+    from spae_lab.fewshot import wilson_interval
+
+    df = summary.assign(correct=summary.accuracy * summary.queries)
+    ways = sorted(df.ways.unique())
+    fig, axes = plt.subplots(1, len(ways), figsize=(5.5 * len(ways), 3.6), squeeze=False)
+    for ax, w in zip(axes[0], ways, strict=True):
+        part = df[df.ways == w]
+        pooled = part.groupby(["method", "names", "decoding"], sort=False)[["correct", "queries"]].sum()
+        labels, acc, low, high = [], [], [], []
+        for (method, names, decoding), row in pooled.iterrows():
+            correct, total = int(round(row.correct)), int(row.queries)
+            lo, hi = wilson_interval(correct, total)
+            suffix = "" if decoding == "-" else f"\n{decoding}, {names} names"
+            labels.append(f"{method}{suffix}")
+            acc.append(correct / total)
+            low.append(correct / total - lo)
+            high.append(hi - correct / total)
+        y = np.arange(len(labels))
+        ax.barh(y, acc, xerr=[low, high], color="tab:blue", alpha=0.8, capsize=3)
+        ax.axvline(1 / w, color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("accuracy")
+        ax.set_title(f"{w}-way")
+    fig.tight_layout()
+    return fig

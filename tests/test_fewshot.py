@@ -152,12 +152,12 @@ def test_the_three_decodings_end_to_end_and_resume(tiny_llm, digits, tmp_path, t
         run(killed)
     # restarted: only the missing queries reach the LLM
     resumed = CountingBackend(inner)
-    records, summary = run(resumed)
+    records, summary, _ = run(resumed)
     total_queries = 2 * 2 * 3 * 2 * 2  # settings x names x decodings x episodes x queries
     assert resumed.queries == total_queries - killed.queries
     # finished: re-rendering asks nothing and gives the same table
     again = CountingBackend(inner)
-    records2, summary2 = run(again)
+    records2, summary2, _ = run(again)
     assert again.queries == 0
     assert summary.equals(summary2)
 
@@ -217,5 +217,5 @@ def test_smollm2_reads_class_words(digits):
                         decodings=("likelihood",), episodes=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fewshot, "texts_for", oracle_texts)
-        _, summary = run_fewshot(digits, reader, HFBackend("smollm2"), cfg, progress=False)
+        _, summary, _ = run_fewshot(digits, reader, HFBackend("smollm2"), cfg, progress=False)
     assert summary.loc[summary.method == "oracle", "accuracy"].item() >= 0.8

@@ -1,0 +1,160 @@
+"""Captioning and visual question answering from SPAE's semantic tokens, on synthetic scenes.
+
+The scenes know their ground truth exactly (colour, shape, count), so a frozen LLM's answers are
+scored automatically. The LLM sees `num_examples` in-context examples from *training* scenes
+(image words, then the caption or the answer) and answers for *held-out* scenes:
+
+- VQA: "What colour is the shape?", "What shape is it?", "How many shapes are there?"; decoding
+  constrained to the possible answers, by likelihood ranking, or open-ended (exact match);
+- captioning: open-ended generation, scored by whether the caption names the scene's colour,
+  its shape (singular or plural), and both, beside the exact-match rate.
+
+A no-LLM reference reads the answer straight off the image words (the first colour / shape word
+among them): what the words already say, before any LLM reasoning.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from spae_lab.data import _NUMBER_WORDS, _PLURALS, COLORS, SHAPES, Scene, SyntheticScenes
+from spae_lab.fewshot import DECODINGS, parse_open_answer, wilson_interval
+from spae_lab.llm.base import GenerationParams, LLMBackend
+
+COUNT_WORDS = _NUMBER_WORDS[1:4]  # scenes hold 1 to 3 objects
+
+QUESTIONS: dict[str, tuple[str, Callable[[Scene], str], tuple[str, ...]]] = {
+    # name: (question, ground truth of a scene, every possible answer)
+    "colour": ("What colour is the shape?", lambda s: s.colors[0], tuple(COLORS)),
+    "shape": ("What shape is it?", lambda s: s.shapes[0], SHAPES),
+    "count": ("How many shapes are there?", lambda s: _NUMBER_WORDS[s.count], COUNT_WORDS),
+}
+
+
+def scene_texts(to_text: Callable[[torch.Tensor], list[str]], scenes: SyntheticScenes,
+                indices: list[int]) -> list[str]:
+    images = torch.stack([scenes[i]["image"] for i in indices])
+    return to_text(images)
+
+
+def words_reference(text: str, answers: tuple[str, ...]) -> str | None:
+    """No-LLM reference: the first image word that is a possible answer (case-insensitive)."""
+    lowered = {a.lower(): a for a in answers}
+    plural = {_PLURALS.get(a, a): a for a in answers}
+    for word in text.lower().split():
+        if word in lowered:
+            return lowered[word]
+        if word in plural:
+            return plural[word]
+    return None
+
+
+def _answer(backend: LLMBackend, prefix: str, queries: list[str], answers: tuple[str, ...],
+            decoding: str) -> list[str | None]:
+    continuations = [" " + a for a in answers]
+    if decoding == "likelihood":
+        scores = backend.score_shared_prefix(prefix, queries, continuations)
+        return [answers[max(range(len(answers)), key=row.__getitem__)] for row in scores]
+    if decoding == "constrained":
+        out = backend.generate([prefix + q for q in queries], GenerationParams(max_new_tokens=6),
+                               choices=continuations)
+        return [answers[continuations.index(a)] if a in continuations else None for a in out]
+    if decoding == "open":
+        out = backend.generate([prefix + q for q in queries], GenerationParams(
+            max_new_tokens=6, stop=("\n", ".")))
+        parsed = [parse_open_answer(a) for a in out]
+        return [p if p in answers else None for p in parsed]
+    raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+
+
+def _accuracy_rows(records: list[dict], keys: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(records)
+    rows = []
+    for group, part in df.groupby(keys, sort=False):
+        group = group if isinstance(group, tuple) else (group,)
+        correct, total = int(part["correct"].sum()), len(part)
+        low, high = wilson_interval(correct, total)
+        rows.append(dict(zip(keys, group, strict=True)) | {
+            "queries": total, "accuracy": correct / total, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
+            num_examples: int = 8, num_queries: int = 60, decodings: tuple[str, ...] = DECODINGS,
+            seed: int = 0, image_size: int = 32, progress: bool = True
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Answer the three questions for `num_queries` held-out scenes. Returns (records, summary)."""
+    train = SyntheticScenes(num_images=10_000, image_size=image_size, seed=seed, split="train")
+    heldout = SyntheticScenes(num_images=num_queries, image_size=image_size, seed=seed,
+                              split="heldout")
+    rng = random.Random(seed)
+    example_ids = rng.sample(range(len(train)), num_examples)
+    example_texts = scene_texts(to_text, train, example_ids)
+    query_ids = list(range(num_queries))
+    query_texts = scene_texts(to_text, heldout, query_ids)
+    records = []
+    jobs = [(q, d) for q in QUESTIONS for d in decodings]
+    for name, decoding in tqdm(jobs, desc="VQA", disable=not progress):
+        question, truth_of, answers = QUESTIONS[name]
+        prefix = "".join(f"Image: {t}.\nQuestion: {question}\nAnswer: {truth_of(train.scene(i))}\n"
+                         for i, t in zip(example_ids, example_texts, strict=True))
+        queries = [f"Image: {t}.\nQuestion: {question}\nAnswer:" for t in query_texts]
+        predictions = _answer(backend, prefix, queries, answers, decoding)
+        for i, pred in zip(query_ids, predictions, strict=True):
+            truth = truth_of(heldout.scene(i))
+            records.append({"question": name, "method": "LLM", "decoding": decoding,
+                            "scene": i, "truth": truth, "prediction": pred,
+                            "correct": pred == truth})
+    for name, (_, truth_of, answers) in QUESTIONS.items():
+        for i, text in zip(query_ids, query_texts, strict=True):
+            truth, pred = truth_of(heldout.scene(i)), words_reference(text, answers)
+            records.append({"question": name, "method": "image words (no LLM)", "decoding": "-",
+                            "scene": i, "truth": truth, "prediction": pred,
+                            "correct": pred == truth})
+        majority = max(answers, key=lambda a: sum(truth_of(train.scene(i)) == a
+                                                  for i in example_ids))
+        for i in query_ids:
+            truth = truth_of(heldout.scene(i))
+            records.append({"question": name, "method": "majority answer (no LLM)",
+                            "decoding": "-", "scene": i, "truth": truth, "prediction": majority,
+                            "correct": majority == truth})
+    records_df = pd.DataFrame(records)
+    return records_df, _accuracy_rows(records, ["question", "method", "decoding"])
+
+
+def caption_scores(caption: str, scene: Scene) -> dict[str, bool]:
+    """Does a generated caption name the scene's colour, its shape (or plural), both, exactly?"""
+    words = parse_open_answer(caption).split()
+    colour = scene.colors[0] in words
+    shape = scene.shapes[0] in words or _PLURALS[scene.shapes[0]] in words
+    return {"colour": colour, "shape": shape, "colour and shape": colour and shape,
+            "exact caption": parse_open_answer(caption) == scene.caption.lower()}
+
+
+def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
+                   num_examples: int = 8, num_queries: int = 60, seed: int = 0,
+                   image_size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Caption `num_queries` held-out scenes from their words. Returns (captions, scores)."""
+    train = SyntheticScenes(num_images=10_000, image_size=image_size, seed=seed, split="train")
+    heldout = SyntheticScenes(num_images=num_queries, image_size=image_size, seed=seed,
+                              split="heldout")
+    example_ids = random.Random(seed + 1).sample(range(len(train)), num_examples)
+    example_texts = scene_texts(to_text, train, example_ids)
+    query_texts = scene_texts(to_text, heldout, list(range(num_queries)))
+    prefix = "".join(f"Image: {t}.\nCaption: {train.scene(i).caption}\n"
+                     for i, t in zip(example_ids, example_texts, strict=True))
+    captions = backend.generate([f"{prefix}Image: {t}.\nCaption:" for t in query_texts],
+                                GenerationParams(max_new_tokens=16, stop=("\n",)))
+    rows, records = [], []
+    for i, (text, caption) in enumerate(zip(query_texts, captions, strict=True)):
+        scene = heldout.scene(i)
+        scores = caption_scores(caption, scene)
+        rows.append({"scene": i, "image words": text, "caption": caption.strip(),
+                     "truth": scene.caption} | scores)
+        records += [{"criterion": k, "correct": v} for k, v in scores.items()]
+    return pd.DataFrame(rows), _accuracy_rows(records, ["criterion"])
