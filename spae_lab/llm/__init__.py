@@ -21,9 +21,10 @@ import re
 
 from spae_lab.llm.base import CallStats, GenerationParams, LLMBackend, LLMError
 from spae_lab.llm.cache import CachedBackend
+from spae_lab.llm.hf import HFBackend  # cheap: transformers is imported on first load
 from spae_lab.llm.openai_compat import OpenAIBackend
 
-__all__ = ["CachedBackend", "CallStats", "GenerationParams", "LLMBackend", "LLMError",
+__all__ = ["CachedBackend", "CallStats", "GenerationParams", "HFBackend", "LLMBackend", "LLMError",
            "OpenAIBackend", "load_backend"]
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"

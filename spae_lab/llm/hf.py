@@ -1,0 +1,434 @@
+"""The Hugging Face causal-LM backend: exact scoring, a shared-prefix fast path, greedy and
+constrained generation.
+
+Token ids. Every text piece is tokenized on its own (``add_special_tokens=False``) and the ids are
+concatenated after one BOS at the very start, when the tokenizer itself puts a BOS there:
+
+- ``loglikelihood(prompt, continuations)``: BOS + ids(prompt) + ids(continuation);
+- ``score_shared_prefix(prefix, queries, continuations)``: BOS + ids(prefix) + ids(query) +
+  ids(continuation), through the cached and the naive path alike, so both see the same ids (and
+  differ only by floating-point rounding);
+- ``generate(prompts, choices=...)``: BOS + ids(prompt), and each choice as ids(choice).
+
+A context that would be empty (no BOS, empty prompt) starts with the BOS or else the EOS token
+instead, so the first continuation token has something to be predicted from.
+
+The shared-prefix path runs the prefix once, keeps its key/value cache (a transformers
+``DynamicCache``), runs each query on a copy of it, and scores all candidates in one batch on the
+query's cache repeated once per candidate. The cache is mutated in place by every forward call,
+so each use starts from a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError
+
+SMOLLM2 = "smollm2"
+
+
+def resolve_model_path(model: str) -> str:
+    """The folder or hub id to load. "smollm2" is the offline SmolLM2-135M-Instruct (a transformers
+    folder converted once from the packaged GGUF); an existing folder is used as is; a name that is
+    clearly a path (absolute, ./, ~) but no folder is an error; anything else is a hub id."""
+    if model == SMOLLM2:
+        from spae_lab.codebook import CodebookError, smollm2_model_dir
+
+        try:
+            return str(smollm2_model_dir())
+        except (CodebookError, OSError) as err:
+            raise LLMError(f"cannot prepare the offline SmolLM2 model: {err}") from err
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.is_absolute() or model.startswith((".", "~")) or path.exists():
+        raise LLMError(f"no model folder at {model!r}")
+    return model
+
+
+def load_model(model: str, device: str | torch.device, dtype: torch.dtype):
+    """(tokenizer, model) of a causal LM, in eval mode on `device`. Respects HF_HUB_OFFLINE: an id
+    that is not cached locally then fails here, with an LLMError that says so."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, KeyError) as err:  # missing files, unknown architecture, offline
+        raise LLMError(f"cannot load the causal LM {model!r} ({path}): {err}") from err
+    return tokenizer, lm.to(device=device, dtype=dtype).eval()
+
+
+@dataclass
+class _TrieNode:
+    """One prefix of the tokenized choices: `children` maps the next token id to its node;
+    `choice` is the index of the (first) choice whose ids end here, if any."""
+
+    children: dict[int, _TrieNode] = field(default_factory=dict)
+    choice: int | None = None
+
+
+def build_trie(token_ids: list[list[int]]) -> _TrieNode:
+    """A trie over token-id sequences; duplicates keep the first index."""
+    root = _TrieNode()
+    for index, ids in enumerate(token_ids):
+        node = root
+        for token in ids:
+            node = node.children.setdefault(token, _TrieNode())
+        if node.choice is None:
+            node.choice = index
+    return root
+
+
+def _pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (len(rows), max length) int64, rows left-aligned, mask 1 on real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def _pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) like `_pad_right` but right-aligned: the next token of every row comes last."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _sum_token_logprobs(logprobs: torch.Tensor, targets: list[list[int]]) -> list[float]:
+    """Sum of log p(targets[i][j]) read from logprobs[i, j]: logprobs (B, T, V) float32 with
+    T >= max len(targets); positions past a row's own length are ignored."""
+    ids, mask = _pad_right(targets, 0)
+    ids, mask = ids.to(logprobs.device), mask.to(logprobs.device)
+    picked = logprobs[:, : ids.shape[1]].gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return (picked * mask).sum(-1).tolist()
+
+
+class HFBackend(LLMBackend):
+    """A Hugging Face causal LM as an `LLMBackend` (kind "hf"), exact log-likelihoods included.
+
+    `model`: "smollm2" (the offline SmolLM2-135M-Instruct), a local folder, or a hub id.
+    `use_prefix_cache`: `score_shared_prefix` reuses the prefix's key/value cache (fast path);
+    False runs every (query, continuation) from scratch (the reference the fast path must match).
+    `batch_size`: most rows in one forward call (candidates, continuations, prompts).
+
+    `stats.requests` counts forward batches: one per scoring forward call (prefix, query, candidate
+    chunk, continuation chunk) and one per chunk of prompts in `generate` (its decoding steps
+    included).
+    """
+
+    kind = "hf"
+    supports_loglikelihood = True
+
+    def __init__(self, model: str = SMOLLM2, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, use_prefix_cache: bool = True,
+                 batch_size: int = 16) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.use_prefix_cache = use_prefix_cache
+        self.batch_size = batch_size
+        self.tokenizer, self.lm = load_model(model, self.device, dtype)
+        self._bos = self._bos_prefix()
+        self._pad_id = self._first_id(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0)
+        self._eos_ids = self._stop_token_ids()
+        # transformers 5 calls the cache argument `cache` (`past_key_values` is deprecated), 4.x
+        # only knows `past_key_values`; likewise the logits trimming argument was renamed.
+        params = inspect.signature(self.lm.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params),
+                              None)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    # ---------------------------------------------------------------- tokens
+
+    @staticmethod
+    def _first_id(*candidates: int | None) -> int | None:
+        return next((c for c in candidates if c is not None), None)
+
+    def _bos_prefix(self) -> list[int]:
+        """[bos] when the tokenizer itself starts its encodings with BOS, else []."""
+        bos = self.tokenizer.bos_token_id
+        if bos is None:
+            return []
+        probe = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        return [bos] if probe[:1] == [bos] else []
+
+    def _stop_token_ids(self) -> set[int]:
+        """Token ids that end open generation: the tokenizer's EOS and the model's own EOS ids."""
+        ids = {self.tokenizer.eos_token_id}
+        config_eos = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
+        ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+        return {i for i in ids if i is not None}
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one piece of text, without special tokens."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def context_ids(self, *pieces: str) -> list[int]:
+        """BOS (if used) + the pieces tokenized separately; never empty (see the module doc)."""
+        ids = list(self._bos)
+        for piece in pieces:
+            ids += self.encode(piece)
+        if not ids:
+            start = self._first_id(self.tokenizer.bos_token_id, self.tokenizer.eos_token_id)
+            if start is None:
+                raise LLMError("an empty prompt needs a BOS or EOS token to start from; "
+                               f"the tokenizer of {self.model!r} has neither")
+            ids = [start]
+        return ids
+
+    # --------------------------------------------------------------- forward
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache=None,
+                 position_ids: torch.Tensor | None = None, keep: int = 0, count: bool = True):
+        """One forward call: ids, mask (B, T) (mask covers cached + new tokens when `cache` is
+        given). Returns (logits of the last `keep` positions, all if 0: (B, keep or T, V), the
+        cache, now holding the new tokens too, or None without a cache). Counts one request
+        unless `count` is False."""
+        self.stats.requests += int(count)
+        kwargs = {self._cache_arg: cache, "use_cache": cache is not None}
+        if keep and self._keep_arg:
+            kwargs[self._keep_arg] = keep  # skips the LM head on positions nobody reads
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids.to(self.device)
+        out = self.lm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        logits = out.logits[:, -keep:] if keep else out.logits
+        if cache is None:
+            return logits, None
+        new_cache = getattr(out, "cache", None)
+        return logits, new_cache if new_cache is not None else out.past_key_values
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:  # with the config, sliding-window models get sliding layers
+            return DynamicCache(config=self.lm.config)
+        except TypeError:  # transformers 4.x without the `config` argument
+            return DynamicCache()
+
+    @staticmethod
+    def _expand_cache(cache, batch: int):
+        """A copy of a batch-1 cache, repeated `batch` times. A copy: forward calls mutate
+        caches in place, and the original is reused for the next query."""
+        expanded = copy.deepcopy(cache)
+        if batch > 1:
+            expanded.batch_repeat_interleave(batch)
+        return expanded
+
+    # --------------------------------------------------------------- scoring
+
+    def _score_from_scratch(self, context: list[int], continuations: list[list[int]]) -> list[float]:
+        """log p(continuation | context) for each continuation: one forward of the full rows
+        context + continuation per chunk of `batch_size`, right-padded."""
+        scores = [0.0] * len(continuations)
+        todo = [i for i, c in enumerate(continuations) if c]  # empty continuation: log 1 = 0
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            targets = [continuations[i] for i in chunk]
+            ids, mask = _pad_right([context + t for t in targets], self._pad_id)
+            # The last max_len + 1 positions hold every prediction of a continuation token:
+            # position len(context) - 1 + j predicts continuation token j.
+            keep = max(len(t) for t in targets) + 1
+            logits, _ = self._forward(ids, mask, keep=keep)
+            logprobs = logits.float().log_softmax(-1)
+            for i, s in zip(chunk, _sum_token_logprobs(logprobs, targets), strict=True):
+                scores[i] = s
+        return scores
+
+    def _score_on_cache(self, cache, last_logprobs: torch.Tensor,
+                        continuations: list[list[int]]) -> list[float]:
+        """log p(continuation | cached context): `cache` holds the context (batch 1) and
+        `last_logprobs` (V,) float32 is the next-token distribution after it. The first token of
+        every continuation is read off `last_logprobs`; the others come from one forward of all
+        candidates (minus their last token) on the cache repeated per candidate."""
+        scores = [0.0] * len(continuations)
+        todo = [i for i, c in enumerate(continuations) if c]
+        past = cache.get_seq_length()
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            targets = [continuations[i] for i in chunk]
+            first = last_logprobs.expand(len(chunk), 1, -1)  # (B, 1, V)
+            longest = max(len(t) for t in targets)
+            if longest == 1:  # single-token candidates need no forward at all
+                logprobs = first
+            else:
+                ids, mask = _pad_right([t[:-1] for t in targets], self._pad_id)
+                mask = torch.cat([torch.ones(len(chunk), past, dtype=torch.long), mask], dim=1)
+                logits, _ = self._forward(ids, mask, cache=self._expand_cache(cache, len(chunk)))
+                logprobs = torch.cat([first, logits.float().log_softmax(-1)], dim=1)
+            for i, s in zip(chunk, _sum_token_logprobs(logprobs, targets), strict=True):
+                scores[i] = s
+        return scores
+
+    def _extend(self, cache, ids: list[int]):
+        """(cache of context + ids, next-token log-probs (V,) float32) from a batch-1 context
+        cache, which is left as it was."""
+        cache = copy.deepcopy(cache)
+        past = cache.get_seq_length()
+        mask = torch.ones(1, past + len(ids), dtype=torch.long)
+        logits, cache = self._forward(torch.tensor([ids]), mask, cache=cache, keep=1)
+        return cache, logits[0, -1].float().log_softmax(-1)
+
+    @torch.inference_mode()
+    def loglikelihood(self, prompt: str, continuations: list[str]) -> list[float]:
+        """Summed log-probability of each continuation's tokens given the prompt."""
+        return self._score_from_scratch(self.context_ids(prompt),
+                                        [self.encode(c) for c in continuations])
+
+    @torch.inference_mode()
+    def score_shared_prefix(self, prefix: str, queries: list[str], continuations: list[str],
+                            use_prefix_cache: bool | None = None) -> list[list[float]]:
+        """(len(queries), len(continuations)) log-likelihoods of continuation | prefix + query.
+
+        With the prefix cache (default: `self.use_prefix_cache`) the prefix runs once, each query
+        once on top of it, and the candidates of a query in one batch; without it every
+        (query, continuation) row runs from scratch. Same token ids either way."""
+        use_cache = self.use_prefix_cache if use_prefix_cache is None else use_prefix_cache
+        targets = [self.encode(c) for c in continuations]
+        prefix_ids = self.context_ids(prefix)
+        if not use_cache:
+            return [self._score_from_scratch(prefix_ids + self.encode(q), targets)
+                    for q in queries]
+        if not queries:
+            return []
+        logits, prefix_cache = self._forward(torch.tensor([prefix_ids]),
+                                             torch.ones(1, len(prefix_ids), dtype=torch.long),
+                                             cache=self._new_cache(), keep=1)
+        prefix_last = logits[0, -1].float().log_softmax(-1)
+        rows = []
+        for query in queries:
+            query_ids = self.encode(query)
+            if query_ids:
+                cache, last = self._extend(prefix_cache, query_ids)
+            else:
+                cache, last = prefix_cache, prefix_last
+            rows.append(self._score_on_cache(cache, last, targets))
+        return rows
+
+    # ------------------------------------------------------------ generation
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: GenerationParams = GenerationParams(),
+                 choices: list[str] | None = None) -> list[str]:
+        """Greedy continuations of each prompt.
+
+        Open (choices=None): up to `params.max_new_tokens` tokens, ended early by an EOS token or
+        a stop string; the text is cut at the first stop string (the stop itself removed).
+
+        Constrained (choices given): each step may only pick a token that keeps the output the
+        prefix of some choice's ids (each choice tokenized on its own), so the answer is always
+        one of `choices`, returned verbatim. Stop rule: once the output is a complete choice,
+        decoding stops unless the model's unconstrained top token (argmax over the whole
+        vocabulary) continues a longer choice, i.e. exactly when greedy decoding would carry on.
+        Choices bound the length: `max_new_tokens` and `stop` do not apply."""
+        if params.temperature != 0:
+            raise LLMError(f"the hf backend decodes greedily only; got temperature "
+                           f"{params.temperature}")
+        if choices is not None and not choices:
+            raise LLMError("constrained generation needs at least one choice")
+        trie = build_trie([self.encode(c) for c in choices]) if choices is not None else None
+        outputs = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = [self.context_ids(p) for p in prompts[start:start + self.batch_size]]
+            if trie is None:
+                outputs += self._generate_open(chunk, params)
+            else:
+                outputs += [choices[i] for i in self._generate_constrained(chunk, trie)]
+        return outputs
+
+    def _decoder(self, contexts: list[list[int]]):
+        """Batched incremental greedy decoding over left-padded contexts. A generator: it yields
+        the next-token logits (B, V) float32 and receives the tokens (B,) to append."""
+        ids, mask = _pad_left(contexts, self._pad_id)
+        # Left padding shifts the rows: positions count real tokens only.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # The decoding steps are not counted: the caller counts one request per batch.
+        logits, cache = self._forward(ids, mask, cache=self._new_cache(), position_ids=positions,
+                                      keep=1, count=False)
+        while True:
+            tokens = yield logits[:, -1].float()
+            next_positions = mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones(len(contexts), 1, dtype=torch.long)], dim=1)
+            logits, cache = self._forward(tokens.view(-1, 1), mask, cache=cache,
+                                          position_ids=next_positions, keep=1, count=False)
+
+    def _generate_open(self, contexts: list[list[int]], params: GenerationParams) -> list[str]:
+        """Greedy text after each context: max_new_tokens, EOS and stop strings (see generate)."""
+        if params.max_new_tokens <= 0:
+            return [""] * len(contexts)
+        self.stats.requests += 1
+        generated: list[list[int]] = [[] for _ in contexts]
+        done = [False] * len(contexts)
+        decoder = self._decoder(contexts)
+        logits = next(decoder)
+        for step in range(params.max_new_tokens):
+            tokens = logits.argmax(-1)
+            for i, token in enumerate(tokens.tolist()):
+                if done[i]:
+                    continue
+                if token in self._eos_ids:
+                    done[i] = True
+                    continue
+                generated[i].append(token)
+                text = self.tokenizer.decode(generated[i], skip_special_tokens=True)
+                done[i] = any(s and s in text for s in params.stop)
+            if all(done) or step == params.max_new_tokens - 1:
+                break
+            logits = decoder.send(tokens)
+        decoder.close()
+        return [self._cut_at_stop(self.tokenizer.decode(g, skip_special_tokens=True), params.stop)
+                for g in generated]
+
+    @staticmethod
+    def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+        """`text` up to (without) its earliest stop string."""
+        cut = min((text.find(s) for s in stops if s and s in text), default=len(text))
+        return text[:cut]
+
+    def _generate_constrained(self, contexts: list[list[int]], root: _TrieNode) -> list[int]:
+        """Index of the choice each context decodes to (see generate for the stop rule)."""
+        self.stats.requests += 1
+        nodes = [root] * len(contexts)
+        answers: list[int | None] = [None] * len(contexts)
+        decoder = self._decoder(contexts)
+        logits = next(decoder)
+        while True:
+            tokens = torch.full((len(contexts),), self._pad_id, dtype=torch.long)
+            for i, node in enumerate(nodes):
+                if answers[i] is not None:
+                    continue  # finished rows decode a dummy token that nobody reads
+                allowed = list(node.children)
+                top = int(logits[i].argmax())
+                if node.choice is not None and (not allowed or top not in node.children):
+                    answers[i] = node.choice
+                    continue
+                best = allowed[int(logits[i, allowed].argmax())]
+                tokens[i] = best
+                nodes[i] = node.children[best]
+                if not nodes[i].children:  # a leaf is a complete choice with nothing after it
+                    answers[i] = nodes[i].choice
+            if all(a is not None for a in answers):
+                break
+            logits = decoder.send(tokens)
+        decoder.close()
+        return answers

@@ -1,0 +1,185 @@
+"""HFBackend on a tiny random Llama with a tiny BPE tokenizer (fast), and one sanity check of the
+real SmolLM2 ranking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spae_lab.llm.base import GenerationParams, LLMError
+from spae_lab.llm.hf import HFBackend, build_trie
+
+WORDS = ("cat dog bird fish horse car truck plane boat tree flower house road sky water "
+         "red green blue small big photo of a the is it input output").split()
+CORPUS = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(12)) for i in range(200)]
+CHOICES = [" cat", " cat food", " dog", " dog house red", " bird"]
+
+
+def _save_tiny_model(folder) -> None:
+    """A 2-layer random Llama and a byte-level BPE tokenizer that starts encodings with <bos>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    raw.train_from_iterator(CORPUS, trainer)
+    raw.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[
+        ("<bos>", raw.token_to_id("<bos>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>",
+                                        eos_token="<eos>", pad_token="<pad>")
+    tokenizer.save_pretrained(folder)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, initializer_range=0.3,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    _save_tiny_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_folder):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return HFBackend(str(tiny_folder), batch_size=3)
+
+
+def _manual_loglikelihood(backend: HFBackend, pieces: list[str], continuation: str) -> float:
+    """Reference: one unbatched, unpadded forward of BOS + pieces + continuation."""
+    tok = backend.tokenizer
+    context = [tok.bos_token_id]
+    for piece in pieces:
+        context += tok(piece, add_special_tokens=False)["input_ids"]
+    target = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = backend.lm(input_ids=torch.tensor([context + target])).logits[0]
+    logprobs = logits.float().log_softmax(-1)
+    return sum(logprobs[len(context) - 1 + j, t].item() for j, t in enumerate(target))
+
+
+def test_identity_and_bos(backend, tiny_folder):
+    assert backend.kind == "hf" and backend.supports_loglikelihood
+    assert backend.describe() == {"kind": "hf", "model": str(tiny_folder), "dtype": "float32"}
+    bos = backend.tokenizer.bos_token_id
+    assert backend.context_ids("a cat") == [bos] + backend.encode("a cat")
+    assert backend.context_ids("a", " cat") == [bos] + backend.encode("a") + backend.encode(" cat")
+
+
+def test_loglikelihood_matches_manual(backend):
+    prompt = "a photo of a small"
+    continuations = [" cat", " dog house red", " big blue truck", ""]
+    scores = backend.loglikelihood(prompt, continuations)
+    expected = [_manual_loglikelihood(backend, [prompt], c) for c in continuations[:-1]]
+    assert scores[:-1] == pytest.approx(expected, abs=1e-4)
+    assert scores[-1] == 0.0  # the empty continuation has probability 1
+    assert all(s < 0 for s in scores[:-1])
+
+
+def test_cached_equals_naive(backend):
+    prefix = "input: cat dog bird\noutput: cat\ninput: red car truck\noutput: car\n"
+    queries = ["input: small fish\noutput:", "input: blue sky water\noutput:", ""]
+    continuations = [" cat", " car", " fish water", " red green blue sky", " is"]
+    before = backend.stats.requests
+    cached = backend.score_shared_prefix(prefix, queries, continuations)
+    naive = backend.score_shared_prefix(prefix, queries, continuations, use_prefix_cache=False)
+    assert backend.stats.requests > before
+    assert torch.allclose(torch.tensor(cached), torch.tensor(naive), atol=1e-4)
+    assert torch.tensor(cached).argmax(1).tolist() == torch.tensor(naive).argmax(1).tolist()
+    expected = [[_manual_loglikelihood(backend, [prefix, q], c) for c in continuations]
+                for q in queries]
+    assert torch.allclose(torch.tensor(cached), torch.tensor(expected), atol=1e-4)
+
+
+def test_cached_path_leaves_prefix_cache_intact(backend):
+    """Scoring the same query twice in one call gives the same numbers: no cache leaks between
+    queries (forward calls mutate caches in place)."""
+    rows = backend.score_shared_prefix("a photo of", [" the", " the", " a big"], [" cat", " dog"])
+    assert rows[0] == pytest.approx(rows[1], abs=1e-6)
+
+
+def test_batched_generation_equals_single(backend):
+    prompts = ["a photo of a", "the red car is big and the", "sky"]
+    params = GenerationParams(max_new_tokens=6, stop=())
+    together = backend.generate(prompts, params)
+    alone = [backend.generate([p], params)[0] for p in prompts]
+    assert together == alone
+
+
+def test_stop_strings_cut(backend):
+    params = GenerationParams(max_new_tokens=12, stop=())
+    texts = backend.generate(["a photo of a", "input", "the red car", "blue"], params)
+    prompt, text = next((p, t) for p, t in zip(
+        ["a photo of a", "input", "the red car", "blue"], texts, strict=True) if len(t) >= 6)
+    stop = text[3:5]
+    cut = backend.generate([prompt], GenerationParams(max_new_tokens=12, stop=("zzz", stop)))[0]
+    assert cut == text[: text.index(stop)]
+    assert HFBackend._cut_at_stop("ab\ncd.ef", (".", "\n")) == "ab"
+    assert HFBackend._cut_at_stop("abc", ("\n",)) == "abc"
+    assert backend.generate(["a"], GenerationParams(max_new_tokens=0)) == [""]
+
+
+def _reference_constrained(backend: HFBackend, prompt: str, choices: list[str]) -> str:
+    """The documented rule, step by step with full forwards from scratch."""
+    context = backend.context_ids(prompt)
+    node = build_trie([backend.encode(c) for c in choices])
+    while True:
+        with torch.no_grad():
+            logits = backend.lm(input_ids=torch.tensor([context])).logits[0, -1]
+        if node.choice is not None and (not node.children or int(logits.argmax()) not in node.children):
+            return choices[node.choice]
+        allowed = list(node.children)
+        best = allowed[int(logits[allowed].argmax())]
+        context.append(best)
+        node = node.children[best]
+
+
+def test_constrained_generation_returns_a_choice(backend):
+    prompts = ["a photo of a", "the", "input: cat dog\noutput:", "big red", "water sky blue", "x"]
+    answers = backend.generate(prompts, choices=CHOICES)
+    assert all(a in CHOICES for a in answers)
+    assert answers == [_reference_constrained(backend, p, CHOICES) for p in prompts]
+    # One choice only, and a choice that is the prefix of another one.
+    assert backend.generate(["a"], choices=[" cat"]) == [" cat"]
+    assert backend.generate(["a", "b"], choices=["", " dog"])[0] in ("", " dog")
+
+
+def test_build_trie_marks_complete_choices_first_duplicate_wins():
+    trie = build_trie([[1], [1, 2], [3], [1]])
+    assert trie.children[1].choice == 0 and trie.children[1].children[2].choice == 1
+    assert trie.children[3].choice == 2 and trie.choice is None
+
+
+def test_errors(backend, tmp_path):
+    with pytest.raises(LLMError, match="no model folder"):
+        HFBackend(str(tmp_path / "missing"))
+    with pytest.raises(LLMError, match="cannot load"):
+        HFBackend(str(tmp_path))  # a folder without a model
+    with pytest.raises(LLMError, match="greedily"):
+        backend.generate(["a"], GenerationParams(temperature=0.7))
+    with pytest.raises(LLMError, match="at least one choice"):
+        backend.generate(["a"], choices=[])
+
+
+def test_smollm2_ranks_the_obvious_answer():
+    try:
+        smollm2 = HFBackend()
+    except LLMError as err:
+        pytest.skip(f"SmolLM2 is not installed: {err}")
+    prompt = "A photo of a small kitten. It is a"
+    scores = smollm2.loglikelihood(prompt, [" cat", " stock market"])
+    assert scores[0] > scores[1] + 3
+    rows = smollm2.score_shared_prefix("A photo of a small kitten.", [" It is a"],
+                                       [" cat", " stock market"])
+    assert rows[0] == pytest.approx(scores, abs=1e-3)
+    assert smollm2.generate([prompt], choices=[" stock market", " cat"]) == [" cat"]
