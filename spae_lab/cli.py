@@ -296,10 +296,16 @@ def cmd_fewshot(args) -> int:
     config = FewShotConfig(ways=tuple(args.ways), settings=settings, names=tuple(args.names),
                            decodings=tuple(args.decoding), prompt_format=args.format,
                            episodes=args.episodes, seed=args.seed)
+    backend = args.backend
+    if backend.startswith("openai:"):
+        from spae_lab.llm import load_backend
+
+        backend = load_backend(backend, endpoint=args.llm_endpoint, timeout=args.llm_timeout,
+                               max_retries=args.llm_retries, concurrency=args.llm_concurrency)
     result = run_experiment(args.out, args.tokenizer, baseline=args.baseline,
                             dataset=args.dataset, max_per_class=args.max_per_class,
                             layers=args.layers, baseline_max_tokens=args.baseline_max_tokens,
-                            backend=args.backend, references=tuple(args.references),
+                            backend=backend, references=tuple(args.references),
                             config=config, progress=not args.quiet)
     print(result["paths"]["table_md"].read_text())
     print(f"tables and per-query records in {args.out}")
@@ -374,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no-LLM 1-NN references")
     p.add_argument("--backend", default="hf:smollm2",
                    help="hf:<id or folder> or openai:<model>@<base_url> (key from $OPENAI_API_KEY)")
+    p.add_argument("--llm-endpoint", choices=["completions", "chat"], default="completions",
+                   help="openai backends: chat cannot rank by likelihood")
+    p.add_argument("--llm-timeout", type=float, default=60.0, help="openai backends: seconds per reply")
+    p.add_argument("--llm-retries", type=int, default=6, help="openai backends: retries per request")
+    p.add_argument("--llm-concurrency", type=int, default=4, help="openai backends: parallel requests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports/fewshot", help="folder: episodes, LLM cache, tables")
     p.add_argument("--quiet", action="store_true")

@@ -219,3 +219,45 @@ def test_smollm2_reads_class_words(digits):
         mp.setattr(fewshot, "texts_for", oracle_texts)
         _, summary, _ = run_fewshot(digits, reader, HFBackend("smollm2"), cfg, progress=False)
     assert summary.loc[summary.method == "oracle", "accuracy"].item() >= 0.8
+
+
+def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
+        tokenizer_run, tmp_path, monkeypatch):
+    """100 LLM queries of a real experiment (CLI subprocess) against a loopback server injecting
+    429s, 500s, timeouts, dropped connections and bad JSON: every query answered once, retries
+    reported, and the API key in none of the outputs."""
+    import sqlite3
+    import subprocess
+    import sys
+    import uuid
+
+    from test_llm_openai import FakeServer
+
+    key = f"sk-fewshot-{uuid.uuid4().hex}"
+    server = FakeServer(tmp_path / "requests.jsonl", "--p-429", "0.1", "--p-500", "0.1",
+                        "--p-timeout", "0.03", "--p-drop", "0.05", "--p-bad-json", "0.05",
+                        "--max-faults-per-prompt", "2", "--sleep", "1")
+    out = tmp_path / "fs"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "spae_lab.cli", "fewshot", str(tokenizer_run), "--backend",
+             f"openai:fake@{server.url}", "--ways", "2", "--episodes", "25", "--settings",
+             "quick", "--names", "real", "--decoding", "likelihood", "constrained",
+             "--references", "--llm-timeout", "0.5", "--out", str(out)],
+            capture_output=True, text=True, timeout=600,
+            env={**__import__("os").environ, "OPENAI_API_KEY": key, "OMP_NUM_THREADS": "1"})
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = __import__("pandas").read_csv(out / "records.csv")
+    llm = records[records.method == "SPAE"]
+    assert len(llm) == 100 and not llm.duplicated(["decoding", "episode", "image"]).any()
+    with sqlite3.connect(out / "llm_cache.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 100
+    calls = json.loads((out / "config.json").read_text())["llm_calls"]
+    assert calls["retries"] > 0 and calls["retry_reasons"]
+    sent = {r.get("auth_sha256") for r in server.requests()}
+    assert __import__("hashlib").sha256(f"Bearer {key}".encode()).hexdigest() in sent
+    for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        assert key.encode() not in path.read_bytes(), path
+    assert key not in proc.stdout + proc.stderr
