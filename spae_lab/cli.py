@@ -312,6 +312,40 @@ def cmd_fewshot(args) -> int:
     return 0
 
 
+def cmd_scene_qa(args) -> int:
+    from spae_lab.ablation import to_markdown
+    from spae_lab.fewshot import TokenizerTexts
+    from spae_lab.llm import load_backend
+    from spae_lab.llm.cache import CachedBackend
+    from spae_lab.scene_qa import run_captioning, run_vqa
+    from spae_lab.train import load_tokenizer
+
+    model = load_tokenizer(args.tokenizer)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    llm = CachedBackend(load_backend(args.backend), out / "llm_cache.sqlite")
+    reader = TokenizerTexts(model, args.layers)
+    size = model.config.image_size
+    try:
+        _, vqa = run_vqa(reader, llm, num_examples=args.examples, num_queries=args.queries,
+                         decodings=tuple(args.decoding), seed=args.seed, image_size=size,
+                         progress=not args.quiet)
+        captions, caption_scores = run_captioning(reader, llm, num_examples=args.examples,
+                                                  num_queries=args.queries, seed=args.seed,
+                                                  image_size=size)
+    finally:
+        llm.close()
+    vqa.to_csv(out / "vqa.csv", index=False)
+    caption_scores.to_csv(out / "captioning.csv", index=False)
+    captions.to_csv(out / "captions.csv", index=False)
+    print("VQA on held-out scenes (accuracy, 95% CI):")
+    print(to_markdown(vqa.round(3)))
+    print("Captioning (fraction of captions naming ...):")
+    print(to_markdown(caption_scores.round(3)))
+    print(f"captions and tables in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spae-lab", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -389,6 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/fewshot", help="folder: episodes, LLM cache, tables")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fewshot)
+
+    p = sub.add_parser("scene-qa", help="captioning and VQA on held-out synthetic scenes from the words")
+    p.add_argument("tokenizer", help="run folder or checkpoint trained on the scenes")
+    p.add_argument("--layers", type=int, default=2, help="pyramid layers per image (2 = 5 words)")
+    p.add_argument("--examples", type=int, default=8, help="in-context examples (training scenes)")
+    p.add_argument("--queries", type=int, default=60, help="held-out scenes asked about")
+    p.add_argument("--decoding", nargs="+", choices=["likelihood", "constrained", "open"],
+                   default=["constrained", "open"])
+    p.add_argument("--backend", default="hf:smollm2", help="hf:<id or folder> or openai:<model>@<url>")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="reports/scene_qa")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_scene_qa)
 
     p = sub.add_parser("presets", help="list the named presets")
     p.add_argument("--verbose", metavar="PRESET", help="print one preset's full config")

@@ -53,3 +53,24 @@ def test_vqa_and_captioning_run_and_score(backend):
                                       image_size=16)
     assert len(captions) == 4 and set(scores.criterion) == {
         "colour", "shape", "colour and shape", "exact caption"}
+
+
+def test_cli_scene_qa(tmp_path, capsys):
+    from spae_lab.cli import main
+    from spae_lab.codebook import load_codebook
+    from spae_lab.config import create_config
+    from spae_lab.model import SPAE
+    from spae_lab.train import CHECKPOINT_NAME, save_checkpoint
+
+    cfg = create_config("tiny", {"semantic.enabled": False})
+    save_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, SPAE(cfg.model, load_codebook(cfg.codebook)),
+                    None, 0, cfg)
+    llm = tmp_path / "llm"
+    save_tiny_llama(llm)
+    code = main(["scene-qa", str(tmp_path / "run"), "--backend", f"hf:{llm}", "--examples", "2",
+                 "--queries", "3", "--decoding", "constrained", "--out", str(tmp_path / "qa"),
+                 "--quiet"])
+    assert code == 0
+    assert "| question | method | decoding |" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "qa").iterdir()} >= {"vqa.csv", "captioning.csv",
+                                                             "captions.csv", "llm_cache.sqlite"}
