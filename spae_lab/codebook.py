@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,10 +111,13 @@ def load_codebook(config: CodebookConfig | None = None, *, use_cache: bool = Tru
     folder = cache_dir() / "codebooks"
     tensors_path, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
     if use_cache and tensors_path.exists() and meta_path.exists():
-        tensors = load_file(tensors_path)
-        meta = json.loads(meta_path.read_text())
-        return Codebook(tensors["embeddings"], tensors["token_ids"], meta["words"], meta["source"],
-                        meta["stats"])
+        try:
+            tensors = load_file(tensors_path)
+            meta = json.loads(meta_path.read_text())
+            return Codebook(tensors["embeddings"], tensors["token_ids"], meta["words"],
+                            meta["source"], meta["stats"])
+        except Exception as e:  # a damaged cache entry is rebuilt, never trusted
+            warnings.warn(f"rebuilding the damaged codebook cache entry {key}: {e}", stacklevel=2)
     codebook = _build(config)
     if use_cache:
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,6 +230,9 @@ def load_word_list(name: str | None) -> set[str] | None:
     return {w for w in words if w.isalpha() and not w.startswith("##")}
 
 
+_MAX_RANDOM_WORDS = 100_000
+
+
 def random_codebook(spec: str = "random:512:32", max_size: int | None = None) -> Codebook:
     """A deterministic vocabulary of nonsense words with random embeddings: 'random:V:D[:seed]'."""
     parts = spec.split(":")
@@ -236,6 +243,10 @@ def random_codebook(spec: str = "random:512:32", max_size: int | None = None) ->
         raise CodebookError(f"random codebook spec must be 'random:V:D[:seed]', got {spec!r}") from None
     if max_size:
         size = min(size, max_size)
+    # 2-3 syllables give ~348k distinct words; drawing close to all of them would never end
+    if not (1 <= size <= _MAX_RANDOM_WORDS and 1 <= dim <= 65536 and seed >= 0):
+        raise CodebookError(f"random codebook {spec!r}: need 1 <= V <= {_MAX_RANDOM_WORDS} "
+                            f"(or a max_size), 1 <= D <= 65536 and seed >= 0")
     rng = np.random.default_rng(seed)
     consonants, vowels = "bdfgklmnprstvz", "aeiou"
     words: list[str] = []

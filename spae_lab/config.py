@@ -185,6 +185,8 @@ def create_config(preset: str = "small", overrides: dict[str, Any] | None = None
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Rebuild a config saved with `to_dict` (checkpoints, reports). Unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     cfg = ExperimentConfig(preset=str(data.get("preset", "small")))
     apply_overrides(cfg, {k: v for k, v in data.items() if k != "preset"})
     validate(cfg)
@@ -206,8 +208,34 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> None:
         setattr(section, field_name, _coerce(key, value, hint))
 
 
+# Counts and sizes that must be >= 1 (None, where allowed, means "no limit" / "the default").
+_POSITIVE = ("model.image_size", "model.base_channels", "model.num_res_blocks",
+             "model.latent_channels", "model.codebook_projection_dim", "codebook.max_size",
+             "data.num_images", "data.heldout_images", "data.max_per_class", "train.steps",
+             "train.batch_size", "train.log_every", "train.eval_every", "train.figure_every",
+             "train.checkpoint_every", "train.num_threads")
+_NON_NEGATIVE = ("codebook.min_chars", "train.warmup_steps", "semantic.warmup_steps")
+
+
 def validate(cfg: ExperimentConfig) -> None:
+    values = _flatten(asdict(cfg))
+    for key in _POSITIVE:
+        if values[key] is not None and values[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {values[key]}")
+    for key in _NON_NEGATIVE:
+        if values[key] < 0:
+            raise ConfigError(f"{key} must not be negative, got {values[key]}")
+    if not 0 <= cfg.train.seed < 2**32:  # numpy and torch generators take it
+        raise ConfigError(f"train.seed must be in 0..2**32-1, got {cfg.train.seed}")
     m = cfg.model
+    if not m.channel_mults or min(m.channel_mults) < 1:
+        raise ConfigError(f"model.channel_mults must be one or more positive integers, "
+                          f"got {m.channel_mults}")
+    if not m.layer_sizes:
+        raise ConfigError("model.layer_sizes must list at least one layer")
+    minutes = cfg.train.max_minutes
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"train.max_minutes must be a positive number of minutes, got {minutes}")
     if m.quantizer not in ("saq", "rq"):
         raise ConfigError(f"model.quantizer must be 'saq' or 'rq', got {m.quantizer!r}")
     downsample = 2 ** (len(m.channel_mults) - 1)
@@ -237,10 +265,8 @@ def validate(cfg: ExperimentConfig) -> None:
         if not cfg.semantic.top_k or len(cfg.semantic.top_k) > len(m.layer_sizes):
             raise ConfigError(f"semantic.top_k {cfg.semantic.top_k}: one K per guided layer, at most "
                               f"{len(m.layer_sizes)}")
-        if min(cfg.semantic.top_k) < 1 or cfg.semantic.temperature <= 0:
+        if min(cfg.semantic.top_k) < 1 or not cfg.semantic.temperature > 0:
             raise ConfigError("semantic.top_k must be >= 1 and semantic.temperature > 0")
-    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.steps and train.batch_size must be positive")
     if not (0.0 <= cfg.loss.full_depth_fraction <= 1.0):
         raise ConfigError("loss.full_depth_fraction must be in [0, 1]")
     if not math.isfinite(cfg.train.lr) or cfg.train.lr <= 0:
@@ -303,14 +329,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 pass
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
+                number = float(value)
+            except (ValueError, OverflowError):  # "fast", 10**400
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None or not math.isfinite(number):  # nan and inf only ever break a run
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

@@ -733,7 +733,9 @@ class ImageFolderDataset(Dataset):
                 entries = self._select(found, fraction, cap)
                 return entries, _read_members(archive, entries)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            raise DataError(f"cannot read archive {self.root}: {exc}") from exc
+            # tarfile's "r:*" lists every compression it tried, one per line: keep the first line
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+            raise DataError(f"cannot read archive {self.root}: {reason}") from exc
 
     def _select(self, entries: list[_Entry], fraction: float, cap: int | None) -> list[_Entry]:
         """Sort, derive classes, split per class, cap per class."""

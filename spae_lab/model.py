@@ -20,6 +20,7 @@ from torch import nn
 from spae_lab.codebook import Codebook
 from spae_lab.config import ModelConfig
 from spae_lab.pyramid import (
+    PyramidError,
     PyramidLayout,
     PyramidQuantizer,
     QuantizerOutput,
@@ -207,6 +208,11 @@ class SPAE(nn.Module):
     @torch.no_grad()
     def decode(self, pyramid: TokenPyramid, num_layers: int | None = None) -> torch.Tensor:
         """The first `num_layers` layers of `pyramid` (default: all it has) -> images in [0, 1]."""
+        if pyramid.codebook is not self.codebook and (
+                pyramid.codebook.fingerprint() != self.codebook.fingerprint()):
+            raise PyramidError(f"these tokens index another codebook ({pyramid.codebook.source}, "
+                               f"{len(pyramid.codebook)} words) than this tokenizer's "
+                               f"({self.codebook.source}, {len(self.codebook)} words)")
         device = next(self.parameters()).device
         latents = self.quantizer.dequantize([i.to(device) for i in pyramid.ids], num_layers)
         return ((self.decode_latents(latents) + 1) / 2).clamp(0, 1)

@@ -326,15 +326,23 @@ class TokenPyramid:
     def words(self, layer: int, image: int = 0) -> list[str]:
         return [self.codebook.words[i] for i in self.ids[layer][image].tolist()]
 
+    def _layers(self, num_layers: int | None) -> int:
+        """`num_layers`, checked (None or 0: all)."""
+        if not num_layers:
+            return self.num_layers
+        if not 1 <= num_layers <= self.num_layers:
+            raise PyramidError(f"num_layers must be in 1..{self.num_layers}, got {num_layers}")
+        return num_layers
+
     def to_text(self, num_layers: int | None = None, image: int = 0) -> str:
         """The words of the first `num_layers` layers, coarse to fine, space separated: what an LLM
         reads. `from_text` parses it back."""
-        num_layers = num_layers or self.num_layers
+        num_layers = self._layers(num_layers)
         return " ".join(w for layer in range(num_layers) for w in self.words(layer, image))
 
     def describe(self, num_layers: int | None = None, image: int = 0) -> str:
         """One line per layer: 'layer 2 (2x2): word word word word'."""
-        num_layers = num_layers or self.num_layers
+        num_layers = self._layers(num_layers)
         lines = []
         for layer in range(num_layers):
             n = self.layout.layer_sizes[layer]

@@ -191,11 +191,16 @@ class LiTTeacher(Teacher):
             raise TeacherError(f"{path} is not a readable safetensors file: {e}") from e
         if meta.get("format") != _FORMAT:
             raise TeacherError(f"{path} is not a spae_lab LiT teacher checkpoint")
-        tower = ImageTower(int(meta["embed_dim"]), int(meta["width"]), int(meta["image_size"]))
-        tower.load_state_dict(tensors)
+        try:
+            tower = ImageTower(int(meta["embed_dim"]), int(meta["width"]), int(meta["image_size"]))
+            tower.load_state_dict(tensors)
+            info = json.loads(meta.get("info", "{}"))
+        except (KeyError, ValueError, RuntimeError) as e:  # ValueError covers bad JSON
+            reason = f"no {e} in its metadata" if isinstance(e, KeyError) else str(e)
+            raise TeacherError(f"{path} is a damaged LiT teacher checkpoint: {reason}") from e
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         teacher = cls(tower, text_encoder, name=f"lit-{digest}")
-        teacher.info = json.loads(meta.get("info", "{}"))
+        teacher.info = info
         return teacher
 
 
