@@ -280,7 +280,8 @@ def save_checkpoint(path: Path, model: SPAE, optimizer: torch.optim.Optimizer | 
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a checkpoint file or run folder. Never unpickles anything."""
+    """(tensors, metadata) of a checkpoint file or run folder: safetensors, so reading it runs no
+    code (no unpickling)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
