@@ -189,11 +189,11 @@ def predict(backend: LLMBackend, prefix: str, queries: Sequence[str], names: Seq
         scores = backend.score_shared_prefix(prefix, list(queries), continuations)
         return [max(range(len(names)), key=row.__getitem__) for row in scores]
     if decoding == "constrained":
-        answers = backend.generate([prefix + q for q in queries], GenerationParams(
+        answers = backend.generate_shared_prefix(prefix, list(queries), GenerationParams(
             max_new_tokens=8, stop=("\n", ".")), choices=continuations)
         return [continuations.index(a) if a in continuations else None for a in answers]
     if decoding == "open":
-        answers = backend.generate([prefix + q for q in queries], GenerationParams(
+        answers = backend.generate_shared_prefix(prefix, list(queries), GenerationParams(
             max_new_tokens=8, stop=("\n", ".", "#")))
         lowered = [n.lower() for n in names]
         parsed = [parse_open_answer(a) for a in answers]

@@ -61,11 +61,11 @@ def _answer(backend: LLMBackend, prefix: str, queries: list[str], answers: tuple
         scores = backend.score_shared_prefix(prefix, queries, continuations)
         return [answers[max(range(len(answers)), key=row.__getitem__)] for row in scores]
     if decoding == "constrained":
-        out = backend.generate([prefix + q for q in queries], GenerationParams(max_new_tokens=6),
-                               choices=continuations)
+        out = backend.generate_shared_prefix(prefix, queries, GenerationParams(max_new_tokens=6),
+                                             choices=continuations)
         return [answers[continuations.index(a)] if a in continuations else None for a in out]
     if decoding == "open":
-        out = backend.generate([prefix + q for q in queries], GenerationParams(
+        out = backend.generate_shared_prefix(prefix, queries, GenerationParams(
             max_new_tokens=6, stop=("\n", ".")))
         parsed = [parse_open_answer(a) for a in out]
         return [p if p in answers else None for p in parsed]
@@ -148,8 +148,8 @@ def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBac
     query_texts = scene_texts(to_text, heldout, list(range(num_queries)))
     prefix = "".join(f"Image: {t}.\nCaption: {train.scene(i).caption}\n"
                      for i, t in zip(example_ids, example_texts, strict=True))
-    captions = backend.generate([f"{prefix}Image: {t}.\nCaption:" for t in query_texts],
-                                GenerationParams(max_new_tokens=16, stop=("\n",)))
+    captions = backend.generate_shared_prefix(prefix, [f"Image: {t}.\nCaption:" for t in query_texts],
+                                              GenerationParams(max_new_tokens=16, stop=("\n",)))
     rows, records = [], []
     for i, (text, caption) in enumerate(zip(query_texts, captions, strict=True)):
         scene = heldout.scene(i)

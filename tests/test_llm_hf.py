@@ -153,3 +153,13 @@ def test_smollm2_ranks_the_obvious_answer():
                                        [" cat", " stock market"])
     assert rows[0] == pytest.approx(scores, abs=1e-3)
     assert smollm2.generate([prompt], choices=[" stock market", " cat"]) == [" cat"]
+
+
+def test_generate_shared_prefix_matches_generate(backend):
+    prefix = "the cat is red\nthe dog is blue\n"
+    queries = ["input dog output", "input cat output", "a photo of a"]
+    params = GenerationParams(max_new_tokens=5, stop=("\n",))
+    assert backend.generate_shared_prefix(prefix, queries, params) == backend.generate(
+        [prefix + q for q in queries], params)
+    assert backend.generate_shared_prefix(prefix, queries, choices=CHOICES) == backend.generate(
+        [prefix + q for q in queries], choices=CHOICES)

@@ -86,6 +86,21 @@ class LLMBackend:
         """Yield (index into prompts, answer) pairs; same answers as `generate`."""
         yield from enumerate(self.generate(prompts, params, choices))
 
+    def generate_shared_prefix(self, prefix: str, queries: list[str],
+                               params: GenerationParams = GenerationParams(),
+                               choices: list[str] | None = None) -> list[str]:
+        """`generate` of prefix + query for each query: the few-shot shape, where every query
+        shares the support prefix (the HF backend reuses the prefix's key/value cache)."""
+        answers = dict(self.generate_shared_prefix_iter(prefix, queries, params, choices))
+        return [answers[i] for i in range(len(queries))]
+
+    def generate_shared_prefix_iter(self, prefix: str, queries: list[str],
+                                    params: GenerationParams = GenerationParams(),
+                                    choices: list[str] | None = None
+                                    ) -> Iterator[tuple[int, str]]:
+        """Yield (index into queries, answer) pairs; by default through `generate_iter`."""
+        yield from self.generate_iter([prefix + q for q in queries], params, choices)
+
     def score_shared_prefix_iter(self, prefix: str, queries: list[str],
                                  continuations: list[str]) -> Iterator[tuple[int, list[float]]]:
         """Yield (index into queries, scores) pairs; same numbers as `score_shared_prefix`."""

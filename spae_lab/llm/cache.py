@@ -140,6 +140,20 @@ class CachedBackend(LLMBackend):
 
         yield from self._cached("generate", requests, compute)
 
+    def generate_shared_prefix_iter(self, prefix: str, queries: list[str],
+                                    params: GenerationParams = GenerationParams(),
+                                    choices: list[str] | None = None
+                                    ) -> Iterator[tuple[int, str]]:
+        # Keyed like `generate` of prefix + query: either path answers the other's questions.
+        requests = [self.request("generate", prompt=prefix + q, choices=choices,
+                                 params=dataclasses.asdict(params)) for q in queries]
+
+        def compute(indices: list[int]) -> Iterator[tuple[int, str]]:
+            yield from self.inner.generate_shared_prefix_iter(
+                prefix, [queries[i] for i in indices], params, choices)
+
+        yield from self._cached("generate", requests, compute)
+
     def loglikelihood(self, prompt: str, continuations: list[str]) -> list[float]:
         request = self.request("loglikelihood", prompt=prompt, continuations=list(continuations))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -341,20 +342,65 @@ class HFBackend(LLMBackend):
         decoding stops unless the model's unconstrained top token (argmax over the whole
         vocabulary) continues a longer choice, i.e. exactly when greedy decoding would carry on.
         Choices bound the length: `max_new_tokens` and `stop` do not apply."""
+        trie = self._check_generation(params, choices)
+        outputs = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = [self.context_ids(p) for p in prompts[start:start + self.batch_size]]
+            outputs += self._decode(self._decoder(chunk), len(chunk), params, choices, trie)
+        return outputs
+
+    def generate_shared_prefix_iter(self, prefix: str, queries: list[str],
+                                    params: GenerationParams = GenerationParams(),
+                                    choices: list[str] | None = None
+                                    ) -> Iterator[tuple[int, str]]:
+        """`generate` of prefix + query for each query, as (index, text) while they finish: the
+        prefix runs once into a key/value cache and each query decodes on a copy of it (batch 1,
+        no padding). Ids are the prefix's and the query's, tokenized separately."""
+        trie = self._check_generation(params, choices)
+        if not queries:
+            return
+        with torch.inference_mode():
+            prefix_ids = self.context_ids(prefix)
+            logits, prefix_cache = self._forward(torch.tensor([prefix_ids]),
+                                                 torch.ones(1, len(prefix_ids), dtype=torch.long),
+                                                 cache=self._new_cache(), keep=1)
+            prefix_last = logits[0, -1].float().log_softmax(-1)
+        for i, query in enumerate(queries):
+            # inference mode per query, not around the yield: it would leak into the caller
+            with torch.inference_mode():
+                query_ids = self.encode(query)
+                if query_ids:
+                    cache, last = self._extend(prefix_cache, query_ids)
+                else:
+                    cache, last = copy.deepcopy(prefix_cache), prefix_last
+                text = self._decode(self._cached_decoder(cache, last), 1, params, choices, trie)[0]
+            yield i, text
+
+    def _check_generation(self, params: GenerationParams, choices: list[str] | None):
+        """The trie of the choices (None for open generation), after checking the arguments."""
         if params.temperature != 0:
             raise LLMError(f"the hf backend decodes greedily only; got temperature "
                            f"{params.temperature}")
         if choices is not None and not choices:
             raise LLMError("constrained generation needs at least one choice")
-        trie = build_trie([self.encode(c) for c in choices]) if choices is not None else None
-        outputs = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = [self.context_ids(p) for p in prompts[start:start + self.batch_size]]
-            if trie is None:
-                outputs += self._generate_open(chunk, params)
-            else:
-                outputs += [choices[i] for i in self._generate_constrained(chunk, trie)]
-        return outputs
+        return build_trie([self.encode(c) for c in choices]) if choices is not None else None
+
+    def _decode(self, decoder, rows: int, params: GenerationParams, choices, trie) -> list[str]:
+        if trie is None:
+            return self._generate_open(decoder, rows, params)
+        return [choices[i] for i in self._generate_constrained(decoder, rows, trie)]
+
+    def _cached_decoder(self, cache, last: torch.Tensor):
+        """`_decoder` for one context already in `cache` (batch 1, no padding), whose next-token
+        scores are `last` (V,)."""
+        past = cache.get_seq_length()
+        logits = last.view(1, -1)
+        while True:
+            tokens = yield logits
+            past += 1
+            out, cache = self._forward(tokens.view(1, 1), torch.ones(1, past, dtype=torch.long),
+                                       cache=cache, keep=1, count=False)
+            logits = out[:, -1].float()
 
     def _decoder(self, contexts: list[list[int]]):
         """Batched incremental greedy decoding over left-padded contexts. A generator: it yields
@@ -372,14 +418,15 @@ class HFBackend(LLMBackend):
             logits, cache = self._forward(tokens.view(-1, 1), mask, cache=cache,
                                           position_ids=next_positions, keep=1, count=False)
 
-    def _generate_open(self, contexts: list[list[int]], params: GenerationParams) -> list[str]:
-        """Greedy text after each context: max_new_tokens, EOS and stop strings (see generate)."""
+    def _generate_open(self, decoder, rows: int, params: GenerationParams) -> list[str]:
+        """Greedy text of each of the decoder's `rows` contexts: max_new_tokens, EOS and stop
+        strings (see generate)."""
         if params.max_new_tokens <= 0:
-            return [""] * len(contexts)
+            decoder.close()
+            return [""] * rows
         self.stats.requests += 1
-        generated: list[list[int]] = [[] for _ in contexts]
-        done = [False] * len(contexts)
-        decoder = self._decoder(contexts)
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
         logits = next(decoder)
         for step in range(params.max_new_tokens):
             tokens = logits.argmax(-1)
@@ -405,15 +452,15 @@ class HFBackend(LLMBackend):
         cut = min((text.find(s) for s in stops if s and s in text), default=len(text))
         return text[:cut]
 
-    def _generate_constrained(self, contexts: list[list[int]], root: _TrieNode) -> list[int]:
-        """Index of the choice each context decodes to (see generate for the stop rule)."""
+    def _generate_constrained(self, decoder, rows: int, root: _TrieNode) -> list[int]:
+        """Index of the choice each of the decoder's `rows` contexts decodes to (see generate for
+        the stop rule)."""
         self.stats.requests += 1
-        nodes = [root] * len(contexts)
-        answers: list[int | None] = [None] * len(contexts)
-        decoder = self._decoder(contexts)
+        nodes = [root] * rows
+        answers: list[int | None] = [None] * rows
         logits = next(decoder)
         while True:
-            tokens = torch.full((len(contexts),), self._pad_id, dtype=torch.long)
+            tokens = torch.full((rows,), self._pad_id, dtype=torch.long)
             for i, node in enumerate(nodes):
                 if answers[i] is not None:
                     continue  # finished rows decode a dummy token that nobody reads
