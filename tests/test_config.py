@@ -1,5 +1,7 @@
 """Configs: presets, overrides, unknown keys with suggestions, type checks (property-based)."""
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,3 +64,12 @@ def test_arbitrary_overrides_either_apply_or_raise_config_error(overrides):
 def test_valid_numbers_round_trip(steps, lr):
     cfg = create_config("tiny", {"train.steps": steps, "train.lr": lr})
     assert cfg.train.steps == steps and cfg.train.lr == lr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_config_files_are_valid(path):
+    import yaml
+
+    cfg = create_config("small", yaml.safe_load(path.read_text()))
+    assert cfg.train.steps > 0
