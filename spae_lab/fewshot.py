@@ -288,17 +288,21 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def summarize(records: list[dict]) -> pd.DataFrame:
-    """Per-query records -> accuracy with 95% CI per (method, ways, names, decoding, setting)."""
-    df = pd.DataFrame(records)
-    keys = ["method", "ways", "names", "decoding", "setting"]
+def accuracy_table(records: list[dict], keys: list[str]) -> pd.DataFrame:
+    """Records with a boolean "correct" -> accuracy and 95% Wilson CI per group of `keys`."""
     rows = []
-    for group, part in df.groupby(keys, sort=False):
+    for group, part in pd.DataFrame(records).groupby(keys, sort=False):
+        group = group if isinstance(group, tuple) else (group,)
         correct, total = int(part["correct"].sum()), len(part)
         low, high = wilson_interval(correct, total)
-        rows.append(dict(zip(keys, group, strict=True)) | {"queries": total, "accuracy": correct / total,
-                                              "ci_low": low, "ci_high": high})
+        rows.append(dict(zip(keys, group, strict=True)) | {
+            "queries": total, "accuracy": correct / total, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows)
+
+
+def summarize(records: list[dict]) -> pd.DataFrame:
+    """Per-query records -> accuracy with 95% CI per (method, ways, names, decoding, setting)."""
+    return accuracy_table(records, ["method", "ways", "names", "decoding", "setting"])
 
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:

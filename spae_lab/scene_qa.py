@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spae_lab.data import _NUMBER_WORDS, _PLURALS, COLORS, SHAPES, Scene, SyntheticScenes
-from spae_lab.fewshot import DECODINGS, parse_open_answer, wilson_interval
+from spae_lab.fewshot import DECODINGS, accuracy_table, parse_open_answer
 from spae_lab.llm.base import GenerationParams, LLMBackend
 
 COUNT_WORDS = _NUMBER_WORDS[1:4]  # scenes hold 1 to 3 objects
@@ -72,18 +72,6 @@ def _answer(backend: LLMBackend, prefix: str, queries: list[str], answers: tuple
     raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
 
 
-def _accuracy_rows(records: list[dict], keys: list[str]) -> pd.DataFrame:
-    df = pd.DataFrame(records)
-    rows = []
-    for group, part in df.groupby(keys, sort=False):
-        group = group if isinstance(group, tuple) else (group,)
-        correct, total = int(part["correct"].sum()), len(part)
-        low, high = wilson_interval(correct, total)
-        rows.append(dict(zip(keys, group, strict=True)) | {
-            "queries": total, "accuracy": correct / total, "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows)
-
-
 def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
             num_examples: int = 8, num_queries: int = 60, decodings: tuple[str, ...] = DECODINGS,
             seed: int = 0, image_size: int = 32, progress: bool = True
@@ -124,7 +112,7 @@ def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
                             "decoding": "-", "scene": i, "truth": truth, "prediction": majority,
                             "correct": majority == truth})
     records_df = pd.DataFrame(records)
-    return records_df, _accuracy_rows(records, ["question", "method", "decoding"])
+    return records_df, accuracy_table(records, ["question", "method", "decoding"])
 
 
 def caption_scores(caption: str, scene: Scene) -> dict[str, bool]:
@@ -157,4 +145,4 @@ def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBac
         rows.append({"scene": i, "image words": text, "caption": caption.strip(),
                      "truth": scene.caption} | scores)
         records += [{"criterion": k, "correct": v} for k, v in scores.items()]
-    return pd.DataFrame(rows), _accuracy_rows(records, ["criterion"])
+    return pd.DataFrame(rows), accuracy_table(records, ["criterion"])
