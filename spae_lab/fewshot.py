@@ -382,10 +382,11 @@ def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]]
     all_keys = sorted({k for eps in episodes.values() for e in eps for k, _ in e.support + e.queries})
     texts = {name: texts_for(all_keys, dataset, fn) for name, fn in readers.items()}
     features = {}
-    for name, fn in (references or {}).items():
+    if references:
         index = {k: i for i, k in enumerate(image_keys(dataset))}
-        images = torch.stack([dataset[index[k]]["image"] for k in all_keys])
-        features[name] = dict(zip(all_keys, fn(images), strict=True))
+        images = torch.stack([dataset[index[k]]["image"] for k in all_keys])  # once for all
+        features = {name: dict(zip(all_keys, fn(images), strict=True))
+                    for name, fn in references.items()}
 
     records: list[dict] = []
 
