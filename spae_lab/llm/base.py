@@ -49,6 +49,12 @@ class CallStats:
         self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
 
 
+def in_order(pairs, count: int) -> list:
+    """(index, answer) pairs that arrive in any order -> the answers as a list in index order."""
+    answers = dict(pairs)
+    return [answers[i] for i in range(count)]
+
+
 class LLMBackend:
     """Base class. Subclasses set `kind` ("hf", "openai", ...) and `model`."""
 
@@ -91,8 +97,8 @@ class LLMBackend:
                                choices: list[str] | None = None) -> list[str]:
         """`generate` of prefix + query for each query: the few-shot shape, where every query
         shares the support prefix (the HF backend reuses the prefix's key/value cache)."""
-        answers = dict(self.generate_shared_prefix_iter(prefix, queries, params, choices))
-        return [answers[i] for i in range(len(queries))]
+        return in_order(self.generate_shared_prefix_iter(prefix, queries, params, choices),
+                        len(queries))
 
     def generate_shared_prefix_iter(self, prefix: str, queries: list[str],
                                     params: GenerationParams = GenerationParams(),

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from spae_lab.llm.base import GenerationParams, LLMBackend
+from spae_lab.llm.base import GenerationParams, LLMBackend, in_order
 
 SCHEMA_VERSION = 1  # part of every key: bump it if the meaning of a stored answer changes
 _LOOKUP_BATCH = 500  # keys per SELECT (SQLite limits the number of bound variables)
@@ -164,8 +164,7 @@ class CachedBackend(LLMBackend):
 
     def score_shared_prefix(self, prefix: str, queries: list[str],
                             continuations: list[str]) -> list[list[float]]:
-        out = dict(self.score_shared_prefix_iter(prefix, queries, continuations))
-        return [out[i] for i in range(len(queries))]
+        return in_order(self.score_shared_prefix_iter(prefix, queries, continuations), len(queries))
 
     def score_shared_prefix_iter(self, prefix: str, queries: list[str],
                                  continuations: list[str]) -> Iterator[tuple[int, list[float]]]:

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3
 
-from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError
+from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, in_order
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +154,11 @@ class OpenAIBackend(LLMBackend):
         self._require_scoring()
         tasks = {j: (lambda cancel, c=c: self._score_one(prompt, c, cancel))
                  for j, c in enumerate(continuations)}
-        out = dict(self._run(tasks))
-        return [out[j] for j in range(len(continuations))]
+        return in_order(self._run(tasks), len(continuations))
 
     def score_shared_prefix(self, prefix: str, queries: list[str],
                             continuations: list[str]) -> list[list[float]]:
-        out = dict(self.score_shared_prefix_iter(prefix, queries, continuations))
-        return [out[i] for i in range(len(queries))]
+        return in_order(self.score_shared_prefix_iter(prefix, queries, continuations), len(queries))
 
     def score_shared_prefix_iter(self, prefix: str, queries: list[str],
                                  continuations: list[str]) -> Iterator[tuple[int, list[float]]]:
