@@ -53,49 +53,58 @@ class PlainVQAutoencoder(nn.Module):
         return self.decoder(self.from_codebook(latents)), vq_loss
 
 
-def build(preset: str, batch_size: int):
+def build(preset: str, batch_size: int, device: str = "cpu", overrides: dict | None = None):
     from spae_lab.codebook import load_codebook
     from spae_lab.config import create_config
     from spae_lab.model import SPAE
     from spae_lab.semantic import SemanticGuide
 
-    cfg = create_config(preset, {"train.batch_size": batch_size})
+    cfg = create_config(preset, {**(overrides or {}), "train.batch_size": batch_size})
     torch.manual_seed(0)
-    spae = SPAE(cfg.model, load_codebook(cfg.codebook))
-    guide = SemanticGuide.from_config(cfg.semantic, spae.codebook)
+    spae = SPAE(cfg.model, load_codebook(cfg.codebook)).to(device)
+    guide = SemanticGuide.from_config(cfg.semantic, spae.codebook, device)
     torch.manual_seed(0)
-    plain = PlainVQAutoencoder(SPAE(cfg.model, spae.codebook))
-    images = torch.rand(batch_size, 3, cfg.model.image_size, cfg.model.image_size)
+    plain = PlainVQAutoencoder(SPAE(cfg.model, spae.codebook)).to(device)
+    images = torch.rand(batch_size, 3, cfg.model.image_size, cfg.model.image_size, device=device)
     return cfg, spae, guide, plain, images
 
 
-def steps(preset: str, batch_size: int) -> tuple[dict, dict]:
-    """The three step functions, and facts about the shapes."""
+def steps(preset: str, batch_size: int, device: str = "cpu", amp_dtype: torch.dtype | None = None,
+          overrides: dict | None = None) -> tuple[dict, dict]:
+    """The three step functions, and facts about the shapes. With `amp_dtype`, the forward and
+    the losses run under autocast, as the training loop does on CUDA (bf16)."""
     from spae_lab.losses import reconstruction_losses
     from spae_lab.train import sample_depths, semantic_loss_from_scores
 
-    cfg, spae, guide, plain, images = build(preset, batch_size)
+    cfg, spae, guide, plain, images = build(preset, batch_size, device, overrides)
     opt_spae = torch.optim.AdamW(spae.parameters(), lr=1e-4)
     opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-4)
-    depths = sample_depths(0, batch_size, spae.num_layers, cfg)
+    depths = sample_depths(0, batch_size, spae.num_layers, cfg).to(device)
     guided = len(cfg.semantic.top_k)
+    device_type = torch.device(device).type
+
+    def autocast():
+        return torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
     def spae_step(semantic: bool) -> None:
-        out = spae(images, depths, score_layers=guided if semantic else 0)
-        losses = reconstruction_losses(out.reconstructions, images * 2 - 1, cfg.loss)
-        loss = sum(losses.values()) + cfg.loss.commitment_weight * out.quant.commitment_loss
-        loss = loss + cfg.loss.codebook_weight * out.quant.codebook_loss
-        if semantic:
-            top_ids = guide.top_words(images)
-            loss = loss + cfg.semantic.weight * semantic_loss_from_scores(
-                out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature, spae.quantizer.dim)
+        with autocast():
+            out = spae(images, depths, score_layers=guided if semantic else 0)
+            losses = reconstruction_losses(out.reconstructions.float(), images * 2 - 1, cfg.loss)
+            loss = sum(losses.values()) + cfg.loss.commitment_weight * out.quant.commitment_loss
+            loss = loss + cfg.loss.codebook_weight * out.quant.codebook_loss
+            if semantic:
+                top_ids = guide.top_words(images)
+                loss = loss + cfg.semantic.weight * semantic_loss_from_scores(
+                    out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature,
+                    spae.quantizer.dim, cfg.semantic.layer_weights)
         opt_spae.zero_grad(set_to_none=True)
         loss.backward()
         opt_spae.step()
 
     def plain_step() -> None:
-        recon, vq_loss = plain(images)
-        loss = sum(reconstruction_losses(recon, images * 2 - 1, cfg.loss).values()) + vq_loss
+        with autocast():
+            recon, vq_loss = plain(images)
+            loss = sum(reconstruction_losses(recon.float(), images * 2 - 1, cfg.loss).values()) + vq_loss
         opt_plain.zero_grad(set_to_none=True)
         loss.backward()
         opt_plain.step()
@@ -104,7 +113,7 @@ def steps(preset: str, batch_size: int) -> tuple[dict, dict]:
            "spae_no_semantic": lambda: spae_step(False)}
     facts = {"preset": preset, "batch_size": batch_size, "spae_tokens_per_image": spae.layout.cumulative_tokens()[-1],
              "plain_tokens_per_image": spae.layout.num_positions, "codebook_size": len(spae.codebook),
-             "search_dim": spae.quantizer.dim}
+             "search_dim": spae.quantizer.dim, "image_size": cfg.model.image_size}
     return fns, facts
 
 

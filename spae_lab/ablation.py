@@ -32,7 +32,11 @@ def final_eval(run_dir: Path, step: int | None = None) -> dict:
     return next(r for r in reversed(records) if "eval" in r and step in (None, r["step"]))
 
 
-def ablation_row(name: str, run_dir: Path, guided_layers: int, step: int | None = None) -> dict:
+# The issue's and the few-shot experiments' reading depth: the first 2 layers (5 words).
+CAPTION_LAYERS = 2
+
+
+def ablation_row(name: str, run_dir: Path, caption_layers: int = CAPTION_LAYERS, step: int | None = None) -> dict:
     record = final_eval(run_dir, step)
     e = record["eval"]
     row = {"variant": name, "steps": record["step"]}
@@ -43,8 +47,11 @@ def ablation_row(name: str, run_dir: Path, guided_layers: int, step: int | None 
             row[f"relevance L{layer}"] = value
         row["rank L1"] = e["relevance_rank"][0]
         row[f"rank L{len(e['relevance_rank'])}"] = e["relevance_rank"][-1]
+        if "relevance_random" in e:
+            row["relevance, random word"] = e["relevance_random"]
     if "caption_hit" in e:
-        row[f"caption word in first {guided_layers} layers"] = e["caption_hit"][guided_layers - 1]
+        layers = min(caption_layers, len(e["caption_hit"]))
+        row[f"caption word in first {layers} layers"] = e["caption_hit"][layers - 1]
     row["distinct words (deepest)"] = e["distinct_words"][-1]
     return row
 
@@ -71,9 +78,24 @@ def run_ablation(out_dir: str | Path, preset: str = "small", overrides: dict | N
         if progress:
             print(f"== {name}: {run_dir}")
         train(cfg, run_dir, resume=(run_dir / CHECKPOINT_NAME).exists(), progress=progress)
-        rows.append(ablation_row(name, run_dir, len(cfg.semantic.top_k)))
+        rows.append(ablation_row(name, run_dir))
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "ablation.csv", index=False)
     (out_dir / "ablation.md").write_text(to_markdown(table))
+    save_ablation_figure(table, out_dir / "ablation.png")
     return table
+
+
+def save_ablation_figure(table: pd.DataFrame, path: Path) -> Path:
+    """PSNR per depth and relevance per layer of every variant (`viz.ablation_figure`)."""
+    import matplotlib.pyplot as plt
+
+    from spae_lab.viz import ablation_figure
+
+    column = "relevance, random word"
+    random_relevance = float(table[column].mean()) if column in table else None
+    fig = ablation_figure(table, random_relevance)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

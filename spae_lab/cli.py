@@ -285,7 +285,8 @@ def cmd_ablate(args) -> int:
     overrides["model"].pop("semantic_head_layers")  # follows semantic.enabled
     table = run_ablation(args.out, args.preset, overrides, progress=not args.quiet)
     print(to_markdown(table))
-    print(f"written: {Path(args.out) / 'ablation.csv'}, {Path(args.out) / 'ablation.md'}")
+    out = Path(args.out)
+    print(f"written: {out / 'ablation.csv'}, {out / 'ablation.md'}, {out / 'ablation.png'}")
     return 0
 
 

@@ -53,8 +53,10 @@ class SemanticGuide:
 
 
 def semantic_loss(targets: list[torch.Tensor], table: torch.Tensor, top_ids: torch.Tensor,
-                  top_k: tuple[int, ...], temperature: float) -> torch.Tensor:
-    """Mean over the semantic layers of -log P(token in the image's top-K words).
+                  top_k: tuple[int, ...], temperature: float,
+                  layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Mean over the semantic layers of -log P(token in the image's top-K words), each layer's
+    term multiplied by its entry of `layer_weights` (default 1).
 
     targets: per layer (B, n, D) vectors that pick the tokens (SAQ/RQ targets, with gradient);
     table (V, D) the codebook in search space; top_ids (B, >= max K). The logits are negative
@@ -62,11 +64,12 @@ def semantic_loss(targets: list[torch.Tensor], table: torch.Tensor, top_ids: tor
     Training takes the same loss from the quantizer's own scores (`semantic_loss_from_scores`).
     """
     scores = [search_scores(t, table) for t in targets[: len(top_k)]]
-    return semantic_loss_from_scores(scores, top_ids, top_k, temperature, table.shape[1])
+    return semantic_loss_from_scores(scores, top_ids, top_k, temperature, table.shape[1], layer_weights)
 
 
 def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor, top_k: tuple[int, ...],
-                              temperature: float, dim: int) -> torch.Tensor:
+                              temperature: float, dim: int,
+                              layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
     """`spae_lab.semantic.semantic_loss` from the quantizer's search scores (QuantizerOutput.scores),
     so the distances to every word are computed once per step.
 
@@ -74,11 +77,12 @@ def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor,
     row constant ||t||^2 cancels in the softmax, so the logits 2 * score / (temperature * dim)
     give exactly semantic_loss's log-probabilities. top_ids (B, >= max K).
     """
+    weights = layer_weights or (1.0,) * len(top_k)
     losses = []
-    for layer_scores, k in zip(scores, top_k, strict=True):
+    for layer_scores, k, weight in zip(scores, top_k, weights, strict=True):
         log_probs = torch.log_softmax(layer_scores * (2.0 / (temperature * dim)), dim=-1)
         wanted = top_ids[:, None, :k].expand(-1, layer_scores.shape[1], -1)
-        losses.append(-log_probs.gather(-1, wanted).logsumexp(-1).mean())
+        losses.append(-weight * log_probs.gather(-1, wanted).logsumexp(-1).mean())
     return torch.stack(losses).mean()
 
 

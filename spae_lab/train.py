@@ -206,6 +206,7 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
     psnr_sum = torch.zeros(L)
     rel_err = torch.zeros(L)
     relevance_sum = torch.zeros(L, 2)
+    random_word_relevance = 0.0  # mean score of all words: the level of a word picked at random
     hits = torch.zeros(L)
     ids_per_layer: list[list[torch.Tensor]] = [[] for _ in range(L)]
     count = batches = 0
@@ -214,7 +215,9 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
         images = batch["image"].to(device)
         _, quant = model.quantize(images)
         if guide is not None:
-            per_layer = chosen_word_relevance(guide.relevance(images), quant.ids)
+            relevance = guide.relevance(images)
+            per_layer = chosen_word_relevance(relevance, quant.ids)
+            random_word_relevance += float(relevance.mean(dim=1).sum())
             relevance_sum += torch.tensor([[r["score"], r["rank"]] for r in per_layer]) * images.shape[0]
         if "color" in batch:
             for depth in range(1, L + 1):
@@ -241,6 +244,7 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
     if guide is not None:
         result["relevance"] = [round(float(v), 4) for v in relevance_sum[:, 0] / count]
         result["relevance_rank"] = [round(float(v), 1) for v in relevance_sum[:, 1] / count]
+        result["relevance_random"] = round(random_word_relevance / count, 4)
     if "color" in batch:
         result["caption_hit"] = [round(float(v), 4) for v in hits / count]
     return result
@@ -478,7 +482,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
                 # distances computed once: the quantizer's search scores feed the softmax
                 losses["semantic"] = guide.weight(step, cfg.train.steps) * semantic_loss_from_scores(
                     out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature,
-                    model.quantizer.dim)
+                    model.quantizer.dim, cfg.semantic.layer_weights)
             loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")

@@ -470,3 +470,32 @@ def fewshot_figure(summary):
         ax.set_title(f"{w}-way")
     fig.tight_layout()
     return fig
+
+
+def ablation_figure(table, random_relevance: float | None = None):
+    """Two panels from an ablation table (`spae_lab.ablation.run_ablation`): held-out PSNR per
+    decoded depth, and the teacher's relevance of the chosen words per layer; one line per variant.
+    `random_relevance`: the mean relevance of a random word, drawn as a reference line."""
+    styles = {"SAQ": "-", "RQ": "--"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for row in _records(table):
+        psnr_cols = sorted((k for k in row if k.startswith("PSNR@")), key=lambda k: int(k[5:]))
+        rel_cols = sorted((k for k in row if k.startswith("relevance L")), key=lambda k: int(k[11:]))
+        name = row["variant"]
+        style = styles.get(name.split()[0], "-")
+        colour = "tab:orange" if "semantic" in name else "tab:blue"
+        left.plot(range(1, len(psnr_cols) + 1), [row[k] for k in psnr_cols], style, color=colour,
+                  marker="o", label=name)
+        if rel_cols:
+            right.plot(range(1, len(rel_cols) + 1), [row[k] for k in rel_cols], style, color=colour,
+                       marker="o", label=name)
+    if random_relevance is not None:
+        right.axhline(random_relevance, color="grey", linewidth=1, linestyle=":", label="random word")
+    left.set(xlabel="layers decoded", ylabel="held-out PSNR (dB)", title="reconstruction")
+    right.set(xlabel="layer", ylabel="teacher score of the chosen words", title="relevance per layer")
+    for ax in (left, right):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

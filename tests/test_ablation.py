@@ -12,8 +12,10 @@ def test_ablation_table_from_the_cli(tmp_path, capsys):
     assert main(args) == 0
     table = pd.read_csv(out / "ablation.csv")
     assert list(table["variant"]) == ["SAQ + semantic", "SAQ", "RQ + semantic", "RQ"]
-    for column in ("PSNR@1", "PSNR@5", "relevance L5", "rank L5", "caption word in first 2 layers"):
+    for column in ("PSNR@1", "PSNR@5", "relevance L5", "rank L5", "caption word in first 2 layers",
+                   "relevance, random word"):
         assert column in table.columns
+    assert (out / "ablation.png").stat().st_size > 10_000  # PSNR and relevance curves
     assert (table["steps"] == 4).all()
     markdown = (out / "ablation.md").read_text()
     assert markdown.startswith("| variant |") and "RQ + semantic" in markdown

@@ -22,6 +22,8 @@ def test_overrides_dotted_and_nested():
     assert cfg.train.steps == 7 and cfg.model.quantizer == "rq"
     cfg = create_config("small", {"model.layer_sizes": "1,2,8", "codebook.max_size": "none"})
     assert cfg.model.layer_sizes == (1, 2, 8) and cfg.codebook.max_size is None
+    cfg = create_config("small", {"semantic.top_k": "1,5,50", "semantic.layer_weights": "1,1,0.5"})
+    assert cfg.semantic.layer_weights == (1.0, 1.0, 0.5)
 
 
 @pytest.mark.parametrize("key,suggestion", [("train.stpes", "train.steps"),
@@ -36,6 +38,7 @@ def test_unknown_keys_suggest_the_right_one(key, suggestion):
     {"train.steps": "many"}, {"train.steps": 1.5}, {"train.lr": "fast"}, {"model.quantizer": "pq"},
     {"model.layer_sizes": (1, 3)}, {"model.image_size": 30}, {"train.precision": "fp8"},
     {"model.normalize": "maybe"}, {"train.steps": 0}, {"codebook.source": 3},
+    {"semantic.layer_weights": "1"}, {"semantic.layer_weights": "1,-1"}, {"semantic.layer_weights": "1,nan"},
 ])
 def test_bad_values_are_refused(overrides):
     with pytest.raises(ConfigError):

@@ -31,6 +31,9 @@ def test_semantic_loss_matches_the_formula():
                 terms.append(-torch.log(p[top_ids[b, :k]].sum()))
         per_layer.append(torch.stack(terms).mean())
     torch.testing.assert_close(got, torch.stack(per_layer).mean())
+    # per-layer weights scale each layer's term before the mean
+    weighted = semantic_loss(targets, table, top_ids, top_k, temperature, layer_weights=(2.0, 0.25))
+    torch.testing.assert_close(weighted, (2.0 * per_layer[0] + 0.25 * per_layer[1]) / 2)
 
 
 def test_semantic_loss_pulls_towards_the_top_words():
