@@ -179,7 +179,8 @@ class SPAE(nn.Module):
         head = None
         if self.semantic_head is not None:
             head = self._to_search_space(self.semantic_head, features)
-        return z, self.quantizer(z, score_layers, head, self.config.semantic_head_layers)
+        return z, self.quantizer(z, score_layers, head, self.config.semantic_head_layers,
+                                 self.config.head_gradient_scale)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, G*G, D) codebook-space latents -> (B, 3, S, S) in [-1, 1] (unclamped)."""

@@ -219,18 +219,21 @@ class PyramidQuantizer(nn.Module):
         return sums / counts.clamp(min=1).to(sums.dtype)[:, None]
 
     def forward(self, z: torch.Tensor, score_layers: int = 0,
-                head: torch.Tensor | None = None, head_layers: int = 0) -> QuantizerOutput:
+                head: torch.Tensor | None = None, head_layers: int = 0,
+                head_gradient_scale: float = 1.0) -> QuantizerOutput:
         """z (B, G*G, D) -> QuantizerOutput; all layers are quantized, in float32 even under a
         bf16 autocast (running sums and SAQ targets lose words in bf16). For the first
         `score_layers` layers the search keeps its (B, n, V) scores, with gradient, in `scores`.
         With `head` (B, G*G, D), the first `head_layers` layers pick their tokens from it instead
-        of z (a separate projection for the semantic layers); the decoder's gradient goes to z."""
+        of z (a separate projection for the semantic layers); the decoder's gradient at depths up
+        to `head_layers` goes to the head, scaled by `head_gradient_scale`, deeper ones to z."""
         with torch.autocast(z.device.type, enabled=False):
             head = head.float() if head is not None else None
-            return self._quantize(z.float(), score_layers, head, head_layers)
+            return self._quantize(z.float(), score_layers, head, head_layers, head_gradient_scale)
 
     def _quantize(self, z: torch.Tensor, score_layers: int = 0,
-                  head: torch.Tensor | None = None, head_layers: int = 0) -> QuantizerOutput:
+                  head: torch.Tensor | None = None, head_layers: int = 0,
+                  head_gradient_scale: float = 1.0) -> QuantizerOutput:
         B, N, D = z.shape
         table = self.table()
         frozen_table = table.detach()
@@ -263,10 +266,16 @@ class PyramidQuantizer(nn.Module):
             codebook_terms.append((z_sel.detach() - estimate[:, pos]).pow(2).mean())
             rel_err.append(err.detach().norm() / z_sel.detach().norm().clamp(min=1e-8))
         latents = torch.stack([self._fill(est, depth) for depth, est in enumerate(estimates, start=1)])
-        if z.requires_grad:
-            # straight-through: the decoder's gradient reaches z unchanged (the value is exactly
-            # the quantized latent), and also the projection through the chosen words
-            latents = latents + (z - z.detach())
+        if z.requires_grad or (head is not None and head.requires_grad):
+            # straight-through: the decoder's gradient at each depth reaches the vectors that
+            # picked that depth's words unchanged (the value is exactly the quantized latent), and
+            # also the projection through the chosen words. Depths within the head's layers were
+            # chosen by the head: sending their gradient to z instead left the head blind to
+            # reconstruction, and layer 2 repeated layer 1's words (no PSNR gained from 1 to 2).
+            through_head = head_gradient_scale * (head - head.detach()) if head is not None else None
+            latents = latents + torch.stack([
+                through_head if head is not None and depth <= head_layers else z - z.detach()
+                for depth in range(1, len(estimates) + 1)])
         codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
         return QuantizerOutput(latents, ids, torch.stack(commit).mean(), codebook_loss,
                                torch.stack(rel_err), targets, scores)

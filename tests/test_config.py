@@ -39,6 +39,7 @@ def test_unknown_keys_suggest_the_right_one(key, suggestion):
     {"model.layer_sizes": (1, 3)}, {"model.image_size": 30}, {"train.precision": "fp8"},
     {"model.normalize": "maybe"}, {"train.steps": 0}, {"codebook.source": 3},
     {"semantic.layer_weights": "1"}, {"semantic.layer_weights": "1,-1"}, {"semantic.layer_weights": "1,nan"},
+    {"model.head_gradient_scale": -0.5}, {"model.head_gradient_scale": "nan"},
 ])
 def test_bad_values_are_refused(overrides):
     with pytest.raises(ConfigError):

@@ -100,3 +100,25 @@ def test_semantic_head_picks_the_guided_layers_tokens():
             pos = model.layout.positions[layer]    # tokens at its positions) reads z
             want = nearest_codes(source[:, pos].reshape(-1, table.shape[1]), table).view(2, -1)
             assert torch.equal(quant.ids[layer], want)
+
+
+def test_reconstruction_gradient_reaches_what_picked_the_words():
+    """Depths 1-2 (the head's words) send the decoder's gradient to the semantic head, not to the
+    shared latents; deeper decodes reach the latents. Routed to the latents, the head never saw
+    reconstruction and layer 2 repeated layer 1's words."""
+    torch.manual_seed(0)
+    cfg = create_config("tiny", {"codebook.source": "random:256:24"})
+    model = SPAE(cfg.model, random_codebook(cfg.codebook.source))
+    images = torch.rand(2, 3, 16, 16)
+
+    def grads(depth: int) -> tuple[float, float]:
+        model.zero_grad()
+        out = model(images, torch.full((2,), depth))
+        out.reconstructions.pow(2).mean().backward()
+        return (model.semantic_head.weight.grad.abs().sum().item(),
+                model.to_codebook.weight.grad.abs().sum().item())
+
+    head_grad, latent_grad = grads(2)
+    assert head_grad > 0 and latent_grad == 0
+    head_grad, latent_grad = grads(model.num_layers)
+    assert head_grad == 0 and latent_grad > 0
