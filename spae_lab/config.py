@@ -44,8 +44,8 @@ class ModelConfig:
     semantic_head_layers: int = 2  # first layers picking words from their own projection; derived
     # by create_config unless given: min(2, guided layers), 0 when guidance is off
     # share of the reconstruction gradient of depths 1..semantic_head_layers that reaches the head
-    # (the rest of its training is the semantic loss). 400 CPU steps: 0 (gradient to z instead)
-    # left layer 2 no better than layer 1 (10.4 / 10.4 dB); 1.0 gave 12.7 / 13.3 dB but the caption
+    # (the rest of its training is the semantic loss). 400 CPU steps: sent to z instead, as before,
+    # layer 2 was no better than layer 1 (10.4 / 10.4 dB); 1.0 gave 12.7 / 13.3 dB but the caption
     # word in 66% of scenes; 0.1 gave 11.3 / 12.2 dB, 98%, and a better full depth
     head_gradient_scale: float = 0.1
     normalize: bool = True  # unit-RMS latents and words in search space: cosine search, no drift

@@ -268,10 +268,10 @@ class PyramidQuantizer(nn.Module):
         latents = torch.stack([self._fill(est, depth) for depth, est in enumerate(estimates, start=1)])
         if z.requires_grad or (head is not None and head.requires_grad):
             # straight-through: the decoder's gradient at each depth reaches the vectors that
-            # picked that depth's words unchanged (the value is exactly the quantized latent), and
-            # also the projection through the chosen words. Depths within the head's layers were
-            # chosen by the head: sending their gradient to z instead left the head blind to
-            # reconstruction, and layer 2 repeated layer 1's words (no PSNR gained from 1 to 2).
+            # picked that depth's words (the value is exactly the quantized latent; the head gets
+            # a scaled share, z all of it), and also the projection through the chosen words.
+            # Sending the head's depths' gradient to z left the head blind to reconstruction, and
+            # layer 2 repeated layer 1's words (no PSNR gained from 1 to 2).
             through_head = head_gradient_scale * (head - head.detach()) if head is not None else None
             latents = latents + torch.stack([
                 through_head if head is not None and depth <= head_layers else z - z.detach()
