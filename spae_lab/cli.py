@@ -180,17 +180,100 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_pretrained(args) -> int:
+    """List the tokenizers that ship with the package, with their held-out figures."""
+    from spae_lab import pretrained
+
+    names = pretrained.available()
+    if not names:
+        print("no pretrained tokenizers in this installation")
+        return 0
+    for name in names:
+        card = pretrained.card(name)
+        print(f"{name:14s} {pretrained.DESCRIPTIONS.get(name, card.get('description', ''))}")
+        line = pretrained.headline(name)
+        if line:
+            print(f"{'':14s} held-out: {line}")
+        if args.verbose and card:
+            print(f"{'':14s} trained: {card.get('steps')} steps, {card.get('wall_minutes')} min on "
+                  f"{card.get('machine')}; reproduce: {card.get('command')}")
+    print("\nload one with spae_lab.load_tokenizer(NAME); any command taking a run folder takes NAME")
+    return 0
+
+
 def cmd_demo(args) -> int:
-    """The main job: train a small tokenizer on synthetic scenes (or reuse a finished run), print a
-    held-out scene as words, save figures, then run every notebook on it into reports/."""
-    from spae_lab.data import SyntheticScenes
-    from spae_lab.train import load_tokenizer, train
+    """The main job: the shipped tokenizers at work (words, reconstructions, few-shot reading by
+    SmolLM2 beside the LQAE-style baseline), then every notebook on them into reports/.
+    `--train` first trains the scenes tokenizer from scratch (minutes) and uses it instead."""
+    from spae_lab.data import SyntheticScenes, make_dataset
+    from spae_lab.train import load_tokenizer
     from spae_lab.viz import save_reconstruction_figure
 
-    cfg = create_config("small", {"train.steps": args.steps, "train.max_minutes": args.minutes})
     out = Path(args.out)
+    scenes_tokenizer = "scenes"
+    if args.train:
+        scenes_tokenizer = str(_demo_train(args, out))
+    else:
+        print("spae-lab demo: the pretrained tokenizers shipped with the package "
+              "(`spae-lab pretrained`; `--train` trains one from scratch first)")
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = load_tokenizer(scenes_tokenizer)
+    scenes = SyntheticScenes(num_images=8, image_size=model.config.image_size, split="heldout")
+    item = scenes[0]
+    pyramid = model.encode(item["image"][None])
+    print(f"\nA held-out scene ({item['caption']}) as its pyramid of SmolLM2 words "
+          f"(tokenizer {scenes_tokenizer}):")
+    print(pyramid.describe())
+    figure = save_reconstruction_figure(model, scenes, out / "reconstruction.png")
+    print(f"reconstructions from 1..{model.num_layers} layers: {figure}")
+
+    cifar = load_tokenizer("cifar10")
+    sample = make_dataset("cifar10-sample", cifar.config.image_size)
+    shown = [next(i for i, label in enumerate(sample.labels) if label == k) for k in (0, 3, 7, 8)]
+    print("\nCIFAR-10 images the tokenizers never trained on, as their first 5 words "
+          "(tokenizer cifar10):")
+    for i in shown:
+        words = cifar.encode(sample[i]["image"][None]).to_text(num_layers=2)
+        print(f"  {sample.classes[sample.labels[i]]:10s} -> {words}")
+    subset = [sample[i] for i in range(0, len(sample), len(sample) // 8)][:8]
+    figure = save_reconstruction_figure(cifar, subset, out / "reconstruction_cifar10.png")
+    print(f"reconstructions from 1..{cifar.num_layers} layers: {figure}")
+
+    if not args.no_fewshot:
+        _demo_fewshot(args, out / "fewshot")
+    if args.no_reports:
+        return 0
+
+    from spae_lab.report import find_notebooks, run_reports
+
+    # Each notebook takes the parameters it declares: the tour, token-pyramid and reconstruction
+    # notebooks read the scenes tokenizer, the few-shot notebook the cifar10 pair on the shipped
+    # CIFAR-10 sample (and reuses the demo's LLM answers).
+    parameters = {"checkpoint": scenes_tokenizer, "checkpoints": [scenes_tokenizer],
+                  "scene_checkpoint": scenes_tokenizer, "results_dir": str(out / "fewshot"),
+                  "out_dir": str(out) if args.train else ""}
+    print(f"\nRunning the notebooks into {args.reports}/ ...")
+    runs = run_reports(find_notebooks(), parameters, reports_dir=args.reports, tag="demo",
+                       timeout=args.notebook_timeout)
+    return _print_reports(runs, args.reports)
+
+
+def _demo_train(args, out: Path) -> Path:
+    """Train the shipped scenes recipe from scratch into `out` (a finished run is reused)."""
+    from spae_lab.train import train
+
+    recipe = Path(__file__).parent / "assets" / "pretrained" / "scenes.json"
+    overrides = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
+    overrides.pop("preset", None)
+    overrides.setdefault("train", {})["num_threads"] = None  # every core of this machine
+    if args.steps is not None:
+        overrides["train"]["steps"] = args.steps
+    if args.minutes is not None:
+        overrides["train"]["max_minutes"] = args.minutes
+    cfg = create_config("small", overrides)
     resume = (out / "checkpoint.safetensors").exists() and not args.fresh
-    print(f"Training the 'small' SPAE tokenizer on synthetic scenes ({cfg.train.steps} steps, "
+    print(f"Training the scenes tokenizer from scratch ({cfg.train.steps} steps, "
           f"{cfg.model.image_size}px, frozen SmolLM2 codebook); run folder {out}"
           + (" (continuing from its checkpoint; --fresh starts over)" if resume else ""))
     try:
@@ -201,29 +284,26 @@ def cmd_demo(args) -> int:
         print(f"{out} holds a checkpoint this version cannot continue ({e}); training from scratch")
         result = train(cfg, out, resume=False, progress=not args.quiet)
     _print_result(result)
+    return out
 
-    model = load_tokenizer(out)
-    scenes = SyntheticScenes(num_images=8, image_size=cfg.model.image_size, split="heldout")
-    item = scenes[0]
-    pyramid = model.encode(item["image"][None])
-    print(f"\nA held-out scene ({item['caption']}) as its pyramid of SmolLM2 words:")
-    print(pyramid.describe())
-    figure = save_reconstruction_figure(model, scenes, out / "reconstruction.png")
-    print(f"\nreconstructions from 1..{model.num_layers} layers: {figure}")
-    if args.no_reports:
-        return 0
 
-    from spae_lab.report import find_notebooks, run_reports
+def _demo_fewshot(args, out: Path) -> None:
+    """Few-shot classification of the shipped CIFAR-10 sample by SmolLM2: SPAE's 5 words against
+    the LQAE-style baseline's 64, with 95% intervals and chance beside them."""
+    from spae_lab.fewshot import FROZEN_SETTINGS, FewShotConfig, run_experiment
 
-    # Each notebook takes the parameters it declares: the tour, token-pyramid and reconstruction
-    # notebooks read this checkpoint; the training notebook shows this run's curves (it is finished,
-    # so nothing is trained again).
-    parameters = {"checkpoint": str(out), "checkpoints": [str(out)], "out_dir": str(out),
-                  "preset": cfg.preset, "steps": result.step, "seed": cfg.train.seed}
-    print(f"\nRunning the notebooks on {out} into {args.reports}/ ...")
-    runs = run_reports(find_notebooks(), parameters, reports_dir=args.reports, tag="demo",
-                       timeout=args.notebook_timeout)
-    return _print_reports(runs, args.reports)
+    config = FewShotConfig(ways=(2, 5), settings=FROZEN_SETTINGS[1:2], names=("real",),
+                           decodings=("likelihood",), episodes=args.episodes)
+    print(f"\nFew-shot classification by SmolLM2 of the CIFAR-10 sample ({args.episodes} episodes "
+          f"per way, task induction, 1 shot, likelihood ranking; {out}):")
+    result = run_experiment(out, "cifar10", baseline="cifar10-lqae", dataset="cifar10-sample",
+                            max_per_class=None, references=("teacher",), config=config,
+                            progress=not args.quiet)
+    for row in result["summary"].itertuples():
+        chance = 1 / row.ways
+        verdict = "above chance" if row.ci_low > chance else "NOT above chance"
+        print(f"  {row.ways}-way {row.method:32s} {100 * row.accuracy:5.1f}% "
+              f"[{100 * row.ci_low:.1f}-{100 * row.ci_high:.1f}] (chance {100 * chance:.0f}%: {verdict})")
 
 
 def _print_reports(runs, reports_dir) -> int:
@@ -304,7 +384,8 @@ def cmd_fewshot(args) -> int:
         backend = load_backend(backend, endpoint=args.llm_endpoint, timeout=args.llm_timeout,
                                max_retries=args.llm_retries, concurrency=args.llm_concurrency)
     result = run_experiment(args.out, args.tokenizer, baseline=args.baseline,
-                            dataset=args.dataset, max_per_class=args.max_per_class,
+                            dataset=args.dataset, max_per_class=args.max_per_class or None,
+                            split=args.split,
                             layers=args.layers, baseline_max_tokens=args.baseline_max_tokens,
                             backend=backend, references=tuple(args.references),
                             config=config, progress=not args.quiet)
@@ -400,8 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tokenizer", help="SPAE run folder or checkpoint (trained with semantic guidance)")
     p.add_argument("--baseline", help="LQAE-style run (one layer, no semantic loss) on the same codebook")
     p.add_argument("--baseline-max-tokens", type=int, help="words per image of the baseline (default all)")
-    p.add_argument("--dataset", help="images (held-out split); default: the tokenizer's dataset")
-    p.add_argument("--max-per-class", type=int, default=200, help="held-out images per class to draw from")
+    p.add_argument("--dataset", help="evaluation images, used whole (cifar10-sample, a folder, a .tar); "
+                   "default: the held-out split of the tokenizer's training data")
+    p.add_argument("--split", choices=["all", "heldout"],
+                   help="part of --dataset to use (default: all of a given dataset, else heldout)")
+    p.add_argument("--max-per-class", type=int, default=200,
+                   help="images per class to draw episodes from (0 = every image)")
     p.add_argument("--layers", type=int, default=2, help="SPAE pyramid layers per image (2 = 5 words)")
     p.add_argument("--ways", type=int, nargs="+", default=[2, 5])
     p.add_argument("--episodes", type=int, default=20, help="episodes per (ways, shots)")
@@ -442,12 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", metavar="PRESET", help="print one preset's full config")
     p.set_defaults(func=cmd_presets)
 
+    p = sub.add_parser("pretrained", help="list the pretrained tokenizers shipped with the package")
+    p.add_argument("--verbose", action="store_true", help="also how each was trained")
+    p.set_defaults(func=cmd_pretrained)
+
     p = sub.add_parser("demo", help="the main job: train a small tokenizer, print words, run the notebook reports")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--minutes", type=float, default=None, help="optional wall-clock budget")
-    p.add_argument("--fresh", action="store_true", help="train from scratch even if --out holds a checkpoint")
-    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default now
+    p.add_argument("--out", default="runs/demo", help="folder for figures, few-shot tables (and --train's run)")
+    p.add_argument("--train", action="store_true",
+                   help="train the scenes tokenizer from scratch first (the shipped recipe, minutes)")
+    p.add_argument("--steps", type=int, default=None, help="with --train: steps (default: the recipe's)")
+    p.add_argument("--minutes", type=float, default=None, help="with --train: optional wall-clock budget")
+    p.add_argument("--fresh", action="store_true", help="with --train: retrain even if --out holds a checkpoint")
+    p.add_argument("--episodes", type=int, default=20, help="few-shot episodes per way")
+    p.add_argument("--no-fewshot", dest="no_fewshot", action="store_true", help="skip the few-shot part")
     p.add_argument("--reports", default="reports", help="folder of the notebook reports")
     p.add_argument("--no-reports", dest="no_reports", action="store_true", help="skip the notebook reports")
     p.add_argument("--notebook-timeout", dest="notebook_timeout", type=float, default=300,

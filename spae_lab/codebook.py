@@ -133,6 +133,8 @@ def _cache_key(config: CodebookConfig) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", config.source).strip("-")[:60]
     spec = (f"{config.source}|{config.max_size}|{config.min_chars}|{config.ascii_only}|"
             f"{config.word_list}|{_CACHE_FORMAT}")
+    if config.lowercase_only:  # appended only when set: older caches keep their keys
+        spec += "|lowercase"
     return f"{slug}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 
@@ -141,7 +143,8 @@ def _build(config: CodebookConfig) -> Codebook:
         return random_codebook(config.source, config.max_size)
     tokenizer, table = _load_tokenizer_and_embeddings(config.source)
     pairs = lexical_tokens(tokenizer, min_chars=config.min_chars, ascii_only=config.ascii_only,
-                           word_list=load_word_list(config.word_list))
+                           word_list=load_word_list(config.word_list),
+                           lowercase_only=config.lowercase_only)
     if not pairs:
         raise CodebookError(f"{config.source}: no lexical tokens found in its vocabulary")
     kept = pairs[: config.max_size] if config.max_size else pairs
@@ -151,13 +154,14 @@ def _build(config: CodebookConfig) -> Codebook:
 
 
 def lexical_tokens(tokenizer, min_chars: int = 2, ascii_only: bool = True,
-                   word_list: set[str] | None = None) -> list[tuple[int, str]]:
+                   word_list: set[str] | None = None,
+                   lowercase_only: bool = False) -> list[tuple[int, str]]:
     """(token id, word) for every whole-word token, in id order (BPE: roughly frequency order).
 
     A token is lexical when it starts a word (byte-level BPE 'Ġ', SentencePiece '▁', or a WordPiece
     token that is not a '##' continuation), and the rest is letters only, `min_chars` or more, with
     at least one vowel. Special tokens, byte pieces, punctuation and digits are dropped; duplicate
-    words keep the first id. With `word_list` (lower-case words), a word must also be in it: BPE
+    words keep the first id; `lowercase_only` drops words with a capital letter. With `word_list` (lower-case words), a word must also be in it: BPE
     vocabularies hold many word starts (' indust', ' ingred') that are not words.
     """
     vocab_size = len(tokenizer)
@@ -173,6 +177,8 @@ def lexical_tokens(tokenizer, min_chars: int = 2, ascii_only: bool = True,
         if word is None or len(word) < min_chars or not word.isalpha():
             continue
         if ascii_only and not word.isascii():
+            continue
+        if lowercase_only and not word.islower():
             continue
         if not _VOWELS.intersection(word):
             continue  # 'th', 'wh', 'st': word starts, not words

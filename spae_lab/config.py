@@ -27,6 +27,9 @@ class CodebookConfig:
     min_chars: int = 2  # shortest word kept (letters, without the leading space)
     ascii_only: bool = True  # restrict to A-Za-z words (readable in any prompt)
     word_list: str | None = "minilm"  # keep real English words: "minilm" (offline list), a file, None
+    # drop capitalised forms ('Yellow' beside 'yellow'): a reader gains nothing from them, and with
+    # them gone the first 8,192 words reach 'airplane', 'automobile' and 'frog' (BPE ranks ~10,600)
+    lowercase_only: bool = True
 
 
 @dataclass
@@ -38,9 +41,14 @@ class ModelConfig:
     latent_channels: int = 128  # encoder output width before the projection into codebook space
     layer_sizes: tuple[int, ...] = (1, 2, 4, 8, 8)  # tokens per side of each pyramid layer
     quantizer: str = "saq"  # "saq" (SPAE streaming average) or "rq" (residual quantization)
+    # what a coarse token stands for: "cover" (its whole region; each layer refines every cell it
+    # covers) or "cell" (only its centred cell: checkpoints from before covering, loaded as such)
+    coarse_tokens: str = "cover"
     project_to_codebook: bool = True  # trainable 1x1 projection latent -> codebook space (V2L-style)
     standardize_codebook: bool = True  # centre and rescale the frozen codebook (keeps ids, eases fitting)
-    codebook_projection_dim: int | None = 64  # trainable map of the frozen rows to a search space; None: raw
+    # trainable map of the frozen rows to a search space; None: raw. 16-d quantizes finer than
+    # 64-d (scenes, 500 CPU steps: 23.8 against 22.7 dB at full depth; same caption word rate)
+    codebook_projection_dim: int | None = 16
     semantic_head_layers: int = 2  # first layers picking words from their own projection; derived
     # by create_config unless given: min(2, guided layers), 0 when guidance is off
     # share of the reconstruction gradient of depths 1..semantic_head_layers that reaches the head
@@ -48,6 +56,8 @@ class ModelConfig:
     # layer 2 was no better than layer 1 (10.4 / 10.4 dB); 1.0 gave 12.7 / 13.3 dB but the caption
     # word in 66% of scenes; 0.1 gave 11.3 / 12.2 dB, 98%, and a better full depth
     head_gradient_scale: float = 0.1
+    # the head: a 2-layer per-cell MLP (True) or one linear 1x1 map (False, checkpoints from before)
+    semantic_head_mlp: bool = True
     normalize: bool = True  # unit-RMS latents and words in search space: cosine search, no drift
 
     @property
@@ -71,14 +81,19 @@ class LossConfig:
 class SemanticConfig:
     enabled: bool = True  # SPAE semantic guidance of the upper layers by a CLIP-like teacher
     teacher: str = "lit:builtin"  # "lit:builtin" (shipped, offline), "lit:PATH", "clip:ID_OR_FOLDER"
-    # K per guided layer from the top; its length = layers guided. Layers 1-2 (the words an LLM
-    # reads) pick from the semantic head; layer 3's loss pulls the shared latents towards the
-    # image's words, which SAQ's deeper tokens inherit (the ablation: deep relevance 0.14 against
-    # RQ's 0.09 at higher PSNR). Cut to the number of layers when a pyramid has fewer.
-    top_k: tuple[int, ...] = (3, 10, 50)
+    # K per guided layer from the top; its length = layers guided. The first
+    # model.semantic_head_layers guided layers pick from the semantic head, the rest pull the
+    # shared latents (the cell pyramid guided layers 1-3 that way). Cut to the number of layers
+    # when a pyramid has fewer.
+    # Covering pyramid: only layer 1 (the head's one word) is guided; guiding layers 2-3 through
+    # the shared latents (K = 10, 50) collapsed them to 3-5 words and 12 dB at every depth.
+    top_k: tuple[int, ...] = (3,)
     # per guided layer, a multiplier of its loss (None: all 1); lets deep layers be guided weakly
     layer_weights: tuple[float, ...] | None = None
     temperature: float = 0.1  # softmax over -||t - e||^2 / (temperature * dim)
+    # "any": -log P(chosen word in the top K) (any of them may win); "each": the mean over the top
+    # K of -log P(word), a cross-entropy with the K words as a uniform target (the paper's form)
+    loss_form: str = "any"
     weight: float = 0.1  # peak weight (0.03, or a table detached from it, guided less, not cheaper)
     warmup_steps: int = 100  # the weight ramps up from 0 over these steps
     final_weight_ratio: float = 1.0  # then follows a cosine to weight * ratio at the end
@@ -182,6 +197,9 @@ def list_presets() -> list[str]:
 
 # Guided layers that get the semantic head unless model.semantic_head_layers is given.
 MAX_DERIVED_HEAD_LAYERS = 2
+# In the covering pyramid only layer 1 (one word for the whole image) comes from the head; layer 2's
+# four words are picked from the shared latents of their quadrants, so they carry appearance.
+MAX_DERIVED_HEAD_LAYERS_COVER = 1
 
 
 def create_config(preset: str = "small", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -198,9 +216,16 @@ def create_config(preset: str = "small", overrides: dict[str, Any] | None = None
         # derived unless given: the top guided layers (at most 2: the 5 words an LLM reads) get the
         # head, deeper guided layers pull the shared latents, and without guidance none has a head
         guided = len(cfg.semantic.top_k) if cfg.semantic.enabled else 0
-        cfg.model.semantic_head_layers = min(MAX_DERIVED_HEAD_LAYERS, guided)
+        most = MAX_DERIVED_HEAD_LAYERS if cfg.model.coarse_tokens == "cell" else MAX_DERIVED_HEAD_LAYERS_COVER
+        cfg.model.semantic_head_layers = min(most, guided)
     validate(cfg)
     return cfg
+
+
+# Model fields added after checkpoints were first saved, with the value that reproduces those
+# checkpoints' architecture (a saved config without the key is read with this value).
+_LEGACY_FIELDS = {"model": {"coarse_tokens": "cell", "semantic_head_mlp": False},
+                  "codebook": {"lowercase_only": False}}
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
@@ -208,6 +233,9 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     cfg = ExperimentConfig(preset=str(data.get("preset", "small")))
+    for section, legacy in _LEGACY_FIELDS.items():  # saved before a field existed: that design
+        if isinstance(data.get(section), dict):
+            data = {**data, section: {**legacy, **data[section]}}
     apply_overrides(cfg, {k: v for k, v in data.items() if k != "preset"})
     validate(cfg)
     return cfg
@@ -256,6 +284,8 @@ def validate(cfg: ExperimentConfig) -> None:
     minutes = cfg.train.max_minutes
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"train.max_minutes must be a positive number of minutes, got {minutes}")
+    if m.coarse_tokens not in ("cover", "cell"):
+        raise ConfigError(f"model.coarse_tokens must be 'cover' or 'cell', got {m.coarse_tokens!r}")
     if m.quantizer not in ("saq", "rq"):
         raise ConfigError(f"model.quantizer must be 'saq' or 'rq', got {m.quantizer!r}")
     downsample = 2 ** (len(m.channel_mults) - 1)
@@ -287,6 +317,8 @@ def validate(cfg: ExperimentConfig) -> None:
         if not cfg.semantic.top_k or len(cfg.semantic.top_k) > len(m.layer_sizes):
             raise ConfigError(f"semantic.top_k {cfg.semantic.top_k}: one K per guided layer, at most "
                               f"{len(m.layer_sizes)}")
+        if cfg.semantic.loss_form not in ("any", "each"):
+            raise ConfigError(f"semantic.loss_form must be 'any' or 'each', got {cfg.semantic.loss_form!r}")
         if min(cfg.semantic.top_k) < 1 or not cfg.semantic.temperature > 0:
             raise ConfigError("semantic.top_k must be >= 1 and semantic.temperature > 0")
         weights = cfg.semantic.layer_weights

@@ -846,10 +846,22 @@ def _read_members(archive: tarfile.TarFile, entries: list[_Entry]) -> list[bytes
 # Registry, factory, collation
 # --------------------------------------------------------------------------------------------
 
+CIFAR10_SAMPLE = Path(__file__).parent / "assets" / "cifar10_sample.tar"
+
+
+def cifar10_sample(image_size: int = 32, split: str = "all", seed: int = 0, **kwargs: Any) -> Dataset:
+    """300 CIFAR-10 images (30 per class) shipped with the package: the first of each class of
+    the held-out split of CIFAR-10 train (seed 0) that the shipped tokenizers and teacher never
+    trained on (scripts/make_cifar10_sample.py). An evaluation set: every split name gives all 300."""
+    del split, seed  # all of it is held-out data
+    return ImageFolderDataset(CIFAR10_SAMPLE, image_size=image_size, split="all", **kwargs)
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "scenes": SyntheticScenes,
     "digits": DigitsDataset,
     "mnist": MNISTSample,
+    "cifar10-sample": cifar10_sample,
 }
 
 

@@ -181,12 +181,27 @@ def parse_open_answer(text: str) -> str:
     return text.strip(string.punctuation + " ").lower()
 
 
+# The image text of the content-free query (Zhao et al. 2021, "Calibrate before use").
+CONTENT_FREE_TEXT = "N/A"
+CALIBRATIONS = ("content-free", "none")
+
+
 def predict(backend: LLMBackend, prefix: str, queries: Sequence[str], names: Sequence[str],
-            decoding: str) -> list[int | None]:
-    """Index into `names` of each query's answer; None when an open answer names no class."""
+            decoding: str, content_free: str | None = None) -> list[int | None]:
+    """Index into `names` of each query's answer; None when an open answer names no class.
+
+    Likelihood ranking sums the log-probabilities of each name's tokens. With `content_free` (the
+    query string of an image text that says nothing, e.g. "Image: N/A. This is a"), each name's
+    score given that query is subtracted first: a name the prompt favours whatever the image
+    (a short one, the last one shown) loses its head start, and names of different token counts
+    compete fairly (contextual calibration, Zhao et al. 2021)."""
     continuations = answer_continuations(names)
     if decoding == "likelihood":
-        scores = backend.score_shared_prefix(prefix, list(queries), continuations)
+        asked = list(queries) + ([content_free] if content_free is not None else [])
+        scores = backend.score_shared_prefix(prefix, asked, continuations)
+        if content_free is not None:
+            prior = scores[-1]
+            scores = [[s - p for s, p in zip(row, prior, strict=True)] for row in scores[:-1]]
         return [max(range(len(names)), key=row.__getitem__) for row in scores]
     if decoding == "constrained":
         answers = backend.generate_shared_prefix(prefix, list(queries), GenerationParams(
@@ -295,8 +310,15 @@ def accuracy_table(records: list[dict], keys: list[str]) -> pd.DataFrame:
         group = group if isinstance(group, tuple) else (group,)
         correct, total = int(part["correct"].sum()), len(part)
         low, high = wilson_interval(correct, total)
-        rows.append(dict(zip(keys, group, strict=True)) | {
-            "queries": total, "accuracy": correct / total, "ci_low": low, "ci_high": high})
+        row = dict(zip(keys, group, strict=True)) | {
+            "queries": total, "accuracy": correct / total, "ci_low": low, "ci_high": high}
+        if "prediction" in part:
+            # the answer distribution: share of queries given the most common answer (position
+            # among the episode's names; every position is true equally often, so an unbiased
+            # reader gives 1/ways and one that always answers the same gives 1)
+            answers = part["prediction"].dropna()
+            row["top_answer_share"] = float(answers.value_counts(normalize=True).max()) if len(answers) else math.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -330,6 +352,10 @@ class FewShotConfig:
     prompt_format: str = "spae"
     episodes: int = 20  # per (ways, shots); each has one query per class
     seed: int = 0
+    # likelihood ranking: "content-free" subtracts each name's score for an empty image text
+    # (`predict`); "none" ranks raw summed log-probabilities (nonsense 2-way T-1s-0r: "dax" won
+    # 100% of queries that way)
+    calibration: str = "content-free"
 
 
 def episode_sets(labels, keys, cfg: FewShotConfig) -> dict[str, list[Episode]]:
@@ -403,9 +429,13 @@ def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]]
         for i, episode in enumerate(episodes[f"{ways}way-{setting.shots}shot"]):
             shown = class_names(episode, classes, names)
             support = [(texts[method][k], shown[p]) for k, p in episode.support]
-            prefix, queries = build_prompt(support, [texts[method][k] for k, _ in episode.queries],
-                                           shown, setting, cfg.prompt_format)
-            preds = predict(backend, prefix, queries, shown, decoding)
+            prefix, queries = build_prompt(support, [texts[method][k] for k, _ in episode.queries]
+                                           + [CONTENT_FREE_TEXT], shown, setting, cfg.prompt_format)
+            content_free = queries.pop()
+            if cfg.calibration not in CALIBRATIONS:
+                raise FewShotError(f"calibration must be one of {CALIBRATIONS}, got {cfg.calibration!r}")
+            preds = predict(backend, prefix, queries, shown, decoding,
+                            content_free if cfg.calibration == "content-free" else None)
             record(method, ways, names, decoding, setting, i, episode, preds)
             bar.update(1)
     bar.close()
@@ -451,16 +481,22 @@ def save_results(out_dir: str | Path, records: pd.DataFrame, summary: pd.DataFra
 
 
 
-def heldout_dataset(model, dataset: str | None = None, max_per_class: int | None = 200):
-    """Images the tokenizer never trained on: the held-out split of `dataset` (default: the
-    dataset the tokenizer was trained on), by the same seed as its training run."""
+def heldout_dataset(model, dataset: str | None = None, max_per_class: int | None = 200,
+                    split: str | None = None):
+    """The images to evaluate on. Without `dataset`: the held-out split of the dataset the
+    tokenizer was trained on (by its training seed), images it never saw. A `dataset` given on
+    purpose is an evaluation set and is used whole (`split="heldout"` takes its held-out part
+    instead, e.g. for the training archive itself). `max_per_class` caps each class (None: all)."""
     from spae_lab.data import make_dataset
 
     cfg = model.experiment_config
     name = dataset or cfg.data.dataset
+    split = split or ("all" if dataset else "heldout")
     kwargs = {"max_per_class": max_per_class} if max_per_class and name not in ("scenes", "digits",
                                                                                   "mnist") else {}
-    return make_dataset(name, model.config.image_size, split="heldout", seed=cfg.train.seed,
+    if name in ("scenes", "digits", "mnist") and split == "all":
+        split = "heldout"  # built-in training sets: only their held-out part is evaluation data
+    return make_dataset(name, model.config.image_size, split=split, seed=cfg.train.seed,
                         **kwargs)
 
 
@@ -475,6 +511,7 @@ def teacher_features(spec: str = "lit:builtin") -> Callable[[torch.Tensor], torc
 
 def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str | Path | None = None,
                    dataset: str | None = None, max_per_class: int | None = 200, layers: int = 2,
+                   split: str | None = None,
                    baseline_max_tokens: int | None = None, backend: str | LLMBackend = "hf:smollm2",
                    references: Sequence[str] = ("pixels", "teacher"),
                    config: FewShotConfig | None = None, progress: bool = True) -> dict:
@@ -489,7 +526,8 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_tokenizer(tokenizer)
-    data = heldout_dataset(model, dataset, max_per_class)
+    data = heldout_dataset(model, dataset, max_per_class, split)
+    split = split or ("all" if dataset else "heldout")
     readers = {"SPAE": TokenizerTexts(model, layers)}
     if baseline is not None:
         base_model = load_tokenizer(baseline)
@@ -510,8 +548,8 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
     finally:
         llm.close()
     record = {"tokenizer": str(tokenizer), "baseline": str(baseline) if baseline else None,
-              "dataset": dataset or model.experiment_config.data.dataset, "split": "heldout",
-              "max_per_class": max_per_class, "layers": layers,
+              "dataset": dataset or model.experiment_config.data.dataset, "split": split,
+              "images": len(data), "max_per_class": max_per_class, "layers": layers,
               "readers": {k: v.description for k, v in readers.items()},
               "backend": llm.describe(), "fewshot": asdict(config),
               "llm_calls": asdict(llm.stats)}

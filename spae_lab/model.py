@@ -120,7 +120,8 @@ class SPAE(nn.Module):
         super().__init__()
         self.config = config
         self.codebook = codebook
-        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes))
+        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes),
+                                    cover=config.coarse_tokens == "cover")
         table = codebook.embeddings.float()
         if config.standardize_codebook:
             table, _, _ = standardize(table)
@@ -142,8 +143,15 @@ class SPAE(nn.Module):
         # The semantic layers pick their words from their own 1x1 projection of the encoder
         # features: pulling the shared latents towards the teacher's words cost ~7 dB of PSNR
         # at every depth in trials, a separate head leaves the latents to reconstruction.
-        self.semantic_head = (nn.Conv2d(config.latent_channels, search_dim, 1)
-                              if config.semantic_head_layers else None)
+        self.semantic_head = None
+        if config.semantic_head_layers and config.semantic_head_mlp:
+            # per-cell MLP: in the covering pyramid layer 1 reads the mean of its outputs over the
+            # grid, so "is there a triangle anywhere" needs a non-linearity before the mean
+            self.semantic_head = nn.Sequential(
+                nn.Conv2d(config.latent_channels, config.latent_channels, 1), nn.SiLU(),
+                nn.Conv2d(config.latent_channels, search_dim, 1))
+        elif config.semantic_head_layers:
+            self.semantic_head = nn.Conv2d(config.latent_channels, search_dim, 1)
 
     @property
     def num_layers(self) -> int:

@@ -13,9 +13,17 @@ Quantizers, at a position with latent z and c tokens already chosen there (runni
   codebook scale, so deep tokens remain real words.
 - RQ, residual quantization: k = argmin_k || z - S - e_k ||^2, estimate zhat = S + e_k.
 
-Decoding a prefix of d layers: positions already selected read their zhat; every other grid cell
-reads the zhat of the position that the finest layer <= d selected in its cell (nearest-neighbour
-fill), so any prefix gives a full latent grid and reconstruction improves with depth.
+Two readings of what a coarse token stands for (shared/docs/spae-method.md, section 1):
+- covering (`PyramidLayout(cover=True)`, the default of every preset): a token of layer l stands for
+  its whole s x s region. Its target is computed from the region's mean latent, and every cell of
+  the region counts it in its stream, so after d layers every cell holds exactly d tokens and
+  decodes from their mean (SAQ) or sum (RQ). Each added layer refines every cell it covers.
+- cell (`cover=False`, checkpoints from before): a token stands for the one centred cell it sits
+  on. Decoding a prefix of d layers: positions already selected read their zhat; every other cell
+  reads the zhat of the position that the finest layer <= d selected in its cell (nearest-neighbour
+  fill). Layers of different sizes never share a cell, so SAQ never averages across the top
+  layers and layer 1 stops counting once layer 2 is decoded (measured: layer 2 added 0.06 dB).
+Either way any prefix of layers gives a full latent grid.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ class PyramidLayout:
 
     grid: int
     layer_sizes: tuple[int, ...]
+    # True: a coarse token stands for its whole stride x stride region (every cell of it counts it
+    # in its stream); False: only for the one centred cell it sits on (the first design)
+    cover: bool = False
 
     def __post_init__(self) -> None:
         g = self.grid
@@ -68,6 +79,10 @@ class PyramidLayout:
             total += n
             out.append(total)
         return out
+
+    def stride(self, layer: int) -> int:
+        """Grid cells per side of the region one token of `layer` (0-based) stands for."""
+        return self.grid // self.layer_sizes[layer]
 
     def coords(self, layer: int) -> torch.Tensor:
         """(n_l * n_l, 2) row, col grid coordinates selected by `layer` (0-based), row-major."""
@@ -229,7 +244,79 @@ class PyramidQuantizer(nn.Module):
         to `head_layers` goes to the head, scaled by `head_gradient_scale`, deeper ones to z."""
         with torch.autocast(z.device.type, enabled=False):
             head = head.float() if head is not None else None
-            return self._quantize(z.float(), score_layers, head, head_layers, head_gradient_scale)
+            quantize = self._quantize_cover if self.layout.cover else self._quantize
+            return quantize(z.float(), score_layers, head, head_layers, head_gradient_scale)
+
+    def _pick(self, target: torch.Tensor, table: torch.Tensor, half_sq_norms: torch.Tensor,
+              keep_scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """target (B, n, D) -> (ids (B, n), scores (B, n, V) with gradient, or None)."""
+        B, n, D = target.shape
+        if keep_scores:  # one product serves the search and the semantic loss
+            scores = search_scores(target, table)
+            return scores.detach().argmax(dim=-1), scores
+        ids = nearest_codes(target.detach().reshape(-1, D), table.detach(), half_sq_norms)
+        return ids.view(B, n), None
+
+    def _straight_through(self, estimates: list[torch.Tensor], z: torch.Tensor,
+                          head: torch.Tensor | None, head_layers: int,
+                          head_gradient_scale: float) -> torch.Tensor:
+        """(depths, B, G*G, D): the value is each depth's quantized latent grid; the decoder's
+        gradient at each depth reaches the vectors that picked that depth's words (the head gets
+        a scaled share, z all of it), and the projection through the chosen words. Sending the
+        head's depths' gradient to z left the head blind to reconstruction, and layer 2 repeated
+        layer 1's words (no PSNR gained from 1 to 2)."""
+        latents = torch.stack(estimates)
+        if z.requires_grad or (head is not None and head.requires_grad):
+            through_head = head_gradient_scale * (head - head.detach()) if head is not None else None
+            latents = latents + torch.stack([
+                through_head if head is not None and depth <= head_layers else z - z.detach()
+                for depth in range(1, len(estimates) + 1)])
+        return latents
+
+    def _quantize_cover(self, z: torch.Tensor, score_layers: int = 0,
+                        head: torch.Tensor | None = None, head_layers: int = 0,
+                        head_gradient_scale: float = 1.0) -> QuantizerOutput:
+        """The covering pyramid: a token of layer l is picked for its s x s region from the
+        region's mean latent, and every cell of the region counts it. Regions nest (layer sizes
+        are powers of two, coarse to fine), so the running sum is constant over each region of
+        the next layer and every cell holds l tokens after l layers."""
+        B, N, D = z.shape
+        table = self.table()
+        half_sq_norms = 0.5 * table.detach().pow(2).sum(1)
+        sums = z.new_zeros(B, N, D)
+        ids, commit, codebook_terms, rel_err, estimates, targets, scores = [], [], [], [], [], [], []
+        for layer in range(self.layout.num_layers):
+            source = head if head is not None and layer < head_layers else z
+            stride = self.layout.stride(layer)
+            z_region = region_mean(source, self.layout.grid, stride)  # (B, n*n, D)
+            prev_sum = region_mean(sums, self.layout.grid, stride)  # constant over each region
+            if self.mode == "saq":  # SPAE: streaming average quantization
+                target = (layer + 1) * z_region - prev_sum
+            else:  # residual quantization
+                target = z_region - prev_sum
+            targets.append(target)  # with gradient, for the semantic loss
+            # the semantic loss moves the vectors that pick words, not the words: the table's
+            # projection is left to reconstruction (keeps the semantic pull off appearance)
+            layer_ids, layer_scores = self._pick(target, table.detach(), half_sq_norms,
+                                                 layer < score_layers)
+            if layer_scores is not None:
+                scores.append(layer_scores)
+            words = table[layer_ids].to(z.dtype)  # (B, n*n, D)
+            region_estimate = prev_sum + words
+            if self.mode == "saq":
+                region_estimate = region_estimate / (layer + 1)
+            sums = sums + spread(words, self.layout.grid, stride)
+            estimates.append(sums / (layer + 1) if self.mode == "saq" else sums)
+            ids.append(layer_ids)
+            # commitment: pull the encoder's region mean towards its quantized estimate
+            err = z_region - region_estimate.detach()
+            commit.append(err.pow(2).mean())
+            codebook_terms.append((z_region.detach() - region_estimate).pow(2).mean())
+            rel_err.append(err.detach().norm() / z_region.detach().norm().clamp(min=1e-8))
+        latents = self._straight_through(estimates, z, head, head_layers, head_gradient_scale)
+        codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
+        return QuantizerOutput(latents, ids, torch.stack(commit).mean(), codebook_loss,
+                               torch.stack(rel_err), targets, scores)
 
     def _quantize(self, z: torch.Tensor, score_layers: int = 0,
                   head: torch.Tensor | None = None, head_layers: int = 0,
@@ -265,17 +352,8 @@ class PyramidQuantizer(nn.Module):
             commit.append(err.pow(2).mean())
             codebook_terms.append((z_sel.detach() - estimate[:, pos]).pow(2).mean())
             rel_err.append(err.detach().norm() / z_sel.detach().norm().clamp(min=1e-8))
-        latents = torch.stack([self._fill(est, depth) for depth, est in enumerate(estimates, start=1)])
-        if z.requires_grad or (head is not None and head.requires_grad):
-            # straight-through: the decoder's gradient at each depth reaches the vectors that
-            # picked that depth's words (the value is exactly the quantized latent; the head gets
-            # a scaled share, z all of it), and also the projection through the chosen words.
-            # Sending the head's depths' gradient to z left the head blind to reconstruction, and
-            # layer 2 repeated layer 1's words (no PSNR gained from 1 to 2).
-            through_head = head_gradient_scale * (head - head.detach()) if head is not None else None
-            latents = latents + torch.stack([
-                through_head if head is not None and depth <= head_layers else z - z.detach()
-                for depth in range(1, len(estimates) + 1)])
+        filled = [self._fill(est, depth) for depth, est in enumerate(estimates, start=1)]
+        latents = self._straight_through(filled, z, head, head_layers, head_gradient_scale)
         codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
         return QuantizerOutput(latents, ids, torch.stack(commit).mean(), codebook_loss,
                                torch.stack(rel_err), targets, scores)
@@ -298,7 +376,13 @@ class PyramidQuantizer(nn.Module):
                 raise PyramidError(
                     f"layer {layer + 1} needs ids of shape ({B}, {pos.numel()}), got {tuple(ids[layer].shape)}"
                 )
-            sums = sums.index_add(1, pos, table[ids[layer].to(sums.device)])
+            words = table[ids[layer].to(sums.device)]
+            if self.layout.cover:
+                sums = sums + spread(words, self.layout.grid, self.layout.stride(layer))
+            else:
+                sums = sums.index_add(1, pos, words)
+        if self.layout.cover:
+            return sums / num_layers if self.mode == "saq" else sums
         counts = self.layout.counts_after[num_layers - 1].to(sums.device)
         return self._fill(self._estimate(sums, counts), num_layers)
 
@@ -386,6 +470,26 @@ class TokenPyramid:
         return cls(ids, layout, codebook)
 
 
+def region_mean(x: torch.Tensor, grid: int, stride: int) -> torch.Tensor:
+    """(B, G*G, D) per-cell vectors -> (B, n*n, D) means over each stride x stride region,
+    row-major over regions (n = G / stride)."""
+    if stride == 1:
+        return x
+    B, _, D = x.shape
+    n = grid // stride
+    return x.view(B, n, stride, n, stride, D).mean(dim=(2, 4)).reshape(B, n * n, D)
+
+
+def spread(x: torch.Tensor, grid: int, stride: int) -> torch.Tensor:
+    """(B, n*n, D) one vector per region -> (B, G*G, D), every cell of a region reading its
+    region's vector (the inverse layout of `region_mean`)."""
+    if stride == 1:
+        return x
+    B, _, D = x.shape
+    n = grid // stride
+    return (x.view(B, n, 1, n, 1, D).expand(B, n, stride, n, stride, D).reshape(B, grid * grid, D))
+
+
 def unit_rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Scale each vector (last dim) to root-mean-square 1, i.e. norm sqrt(dim)."""
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
@@ -428,4 +532,6 @@ __all__ = [
     "codebook_usage",
     "standardize",
     "unit_rms",
+    "region_mean",
+    "spread",
 ]

@@ -54,7 +54,7 @@ class SemanticGuide:
 
 def semantic_loss(targets: list[torch.Tensor], table: torch.Tensor, top_ids: torch.Tensor,
                   top_k: tuple[int, ...], temperature: float,
-                  layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+                  layer_weights: tuple[float, ...] | None = None, form: str = "any") -> torch.Tensor:
     """Mean over the semantic layers of -log P(token in the image's top-K words), each layer's
     term multiplied by its entry of `layer_weights` (default 1).
 
@@ -64,12 +64,14 @@ def semantic_loss(targets: list[torch.Tensor], table: torch.Tensor, top_ids: tor
     Training takes the same loss from the quantizer's own scores (`semantic_loss_from_scores`).
     """
     scores = [search_scores(t, table) for t in targets[: len(top_k)]]
-    return semantic_loss_from_scores(scores, top_ids, top_k, temperature, table.shape[1], layer_weights)
+    return semantic_loss_from_scores(scores, top_ids, top_k, temperature, table.shape[1],
+                                     layer_weights, form)
 
 
 def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor, top_k: tuple[int, ...],
                               temperature: float, dim: int,
-                              layer_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+                              layer_weights: tuple[float, ...] | None = None,
+                              form: str = "any") -> torch.Tensor:
     """`spae_lab.semantic.semantic_loss` from the quantizer's search scores (QuantizerOutput.scores),
     so the distances to every word are computed once per step.
 
@@ -81,8 +83,11 @@ def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor,
     losses = []
     for layer_scores, k, weight in zip(scores, top_k, weights, strict=True):
         log_probs = torch.log_softmax(layer_scores * (2.0 / (temperature * dim)), dim=-1)
-        wanted = top_ids[:, None, :k].expand(-1, layer_scores.shape[1], -1)
-        losses.append(-weight * log_probs.gather(-1, wanted).logsumexp(-1).mean())
+        wanted = log_probs.gather(-1, top_ids[:, None, :k].expand(-1, layer_scores.shape[1], -1))
+        if form == "each":  # cross-entropy against the K words as a uniform target
+            losses.append(-weight * wanted.mean(-1).mean())
+        else:  # -log P(the chosen word is one of the K)
+            losses.append(-weight * wanted.logsumexp(-1).mean())
     return torch.stack(losses).mean()
 
 
@@ -105,4 +110,34 @@ def caption_word_hits(words_per_image: list[list[str]], colors: list[str], shape
     for words, color, shape in zip(words_per_image, colors, shapes, strict=True):
         lowered = {w.lower() for w in words}
         hits += bool(lowered & {color, shape, shape + "s", shape + "es"})
+    return hits / max(1, len(words_per_image))
+
+
+# Plain synonyms that count as naming a class (plurals are added by `class_word_hits`). Generic
+# words ("animal", "vehicle", "pets") do not count: they fit half the classes of CIFAR-10.
+CLASS_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "airplane": ("plane", "aircraft", "aeroplane", "airliner", "jet", "jets", "planes", "airplanes"),
+    "automobile": ("car", "cars", "auto", "sedan", "automobiles"),
+    "bird": ("birds",),
+    "cat": ("cats", "kitten", "kitty", "kittens"),
+    "deer": ("stag", "fawn", "elk", "moose"),
+    "dog": ("dogs", "puppy", "pup", "puppies"),
+    "frog": ("frogs", "toad", "toads"),
+    "horse": ("horses", "pony", "stallion", "mare"),
+    "ship": ("ships", "boat", "boats", "vessel", "vessels"),
+    "truck": ("trucks", "lorry"),
+}
+
+
+def class_words(class_name: str) -> set[str]:
+    """The lower-case words that name `class_name`: itself, its plural and plain synonyms."""
+    name = class_name.lower()
+    return {name, name + "s", name + "es", *CLASS_SYNONYMS.get(name, ())}
+
+
+def class_word_hits(words_per_image: list[list[str]], class_names: list[str]) -> float:
+    """Fraction of images whose words include their class name, its plural or a plain synonym."""
+    hits = 0
+    for words, name in zip(words_per_image, class_names, strict=True):
+        hits += bool({w.lower() for w in words} & class_words(name))
     return hits / max(1, len(words_per_image))

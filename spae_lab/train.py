@@ -41,6 +41,7 @@ from spae_lab.semantic import (
     SemanticGuide,
     caption_word_hits,
     chosen_word_relevance,
+    class_word_hits,
     semantic_loss_from_scores,
 )
 from spae_lab.teacher import TeacherError
@@ -149,7 +150,10 @@ def build_datasets(cfg: ExperimentConfig) -> tuple[Dataset, Dataset]:
         kwargs["num_images"] = d.heldout_images
     heldout = make_dataset(d.dataset, size, split="heldout", seed=seed, **kwargs)
     if len(heldout) > d.heldout_images:
-        heldout = Subset(heldout, range(d.heldout_images))
+        # evenly spaced, not the first N: folder and digit splits are sorted by class, and the
+        # first 512 of CIFAR-10's held-out split are all airplanes
+        step = len(heldout) / d.heldout_images
+        heldout = Subset(heldout, [int(i * step) for i in range(d.heldout_images)])
     return train, heldout
 
 
@@ -219,11 +223,16 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
             per_layer = chosen_word_relevance(relevance, quant.ids)
             random_word_relevance += float(relevance.mean(dim=1).sum())
             relevance_sum += torch.tensor([[r["score"], r["rank"]] for r in per_layer]) * images.shape[0]
-        if "color" in batch:
+        names = class_names_of(dataset)
+        if "color" in batch or (names and "label" in batch):
             for depth in range(1, L + 1):
                 per_image = [[model.codebook.words[i] for layer in range(depth)
                               for i in quant.ids[layer][b].tolist()] for b in range(len(images))]
-                hits[depth - 1] += caption_word_hits(per_image, batch["color"], batch["shape"]) * len(images)
+                if "color" in batch:
+                    rate = caption_word_hits(per_image, batch["color"], batch["shape"])
+                else:
+                    rate = class_word_hits(per_image, [names[k] for k in batch["label"].tolist()])
+                hits[depth - 1] += rate * len(images)
         for depth in range(1, model.num_layers + 1):
             latents = quant.latents[depth - 1]
             recon = ((model.decode_latents(latents) + 1) / 2).clamp(0, 1)
@@ -247,7 +256,17 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
         result["relevance_random"] = round(random_word_relevance / count, 4)
     if "color" in batch:
         result["caption_hit"] = [round(float(v), 4) for v in hits / count]
+    elif class_names_of(dataset) and "label" in batch:
+        result["class_hit"] = [round(float(v), 4) for v in hits / count]
     return result
+
+
+def class_names_of(dataset: Dataset) -> list[str] | None:
+    """The class names of a labelled dataset (through Subset wrappers), or None."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    names = getattr(dataset, "classes", None)
+    return list(names) if names else None
 
 
 def build_guide(cfg: ExperimentConfig, model: SPAE, device) -> SemanticGuide | None:
@@ -266,9 +285,12 @@ def build_guide(cfg: ExperimentConfig, model: SPAE, device) -> SemanticGuide | N
 
 
 def save_checkpoint(path: Path, model: SPAE, optimizer: torch.optim.Optimizer | None, step: int,
-                    cfg: ExperimentConfig) -> None:
-    """Weights (+ AdamW state) as one safetensors file, written atomically."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+                    cfg: ExperimentConfig, dtype: torch.dtype | None = None) -> None:
+    """Weights (+ AdamW state) as one safetensors file, written atomically. `dtype` (e.g. float16
+    for shipped tokenizers: half the size) stores the floating-point weights in that type; loading
+    casts them back to the model's float32."""
+    tensors = {f"model.{k}": (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+               .detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     if optimizer is not None:
         for index, state in optimizer.state_dict()["state"].items():
             for key, value in state.items():
@@ -349,12 +371,18 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> SPAE:
-    """A trained SPAE tokenizer from a checkpoint file or run folder (eval mode).
+    """A trained SPAE tokenizer (eval mode) from a shipped name (`spae_lab.pretrained.available()`:
+    "scenes", "cifar10", ...), a checkpoint file or a run folder.
 
-    A bare name is looked up as a run folder under ./runs/.
+    A path that exists wins over a shipped name; a bare name that is neither is looked up as a run
+    folder under ./runs/.
     """
+    from spae_lab import pretrained
+
     path = Path(path_or_name)
-    if not path.exists() and not path.is_absolute() and (Path("runs") / path).exists():
+    if not path.exists() and str(path_or_name) in pretrained.available():
+        path = pretrained.weights_path(str(path_or_name))
+    elif not path.exists() and not path.is_absolute() and (Path("runs") / path).exists():
         path = Path("runs") / path
     tensors, metadata = read_checkpoint(path)
     cfg = checkpoint_config(metadata, path)
@@ -482,7 +510,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = Fals
                 # distances computed once: the quantizer's search scores feed the softmax
                 losses["semantic"] = guide.weight(step, cfg.train.steps) * semantic_loss_from_scores(
                     out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature,
-                    model.quantizer.dim, cfg.semantic.layer_weights)
+                    model.quantizer.dim, cfg.semantic.layer_weights, cfg.semantic.loss_form)
             loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")

@@ -100,10 +100,18 @@ def test_smollm2_codebook_for_real():
     cb = load_codebook(CodebookConfig())
     assert cb.embeddings.shape == (8192, 576)
     assert cb.stats["vocab_size"] == 49152
-    # 31,534 are space + letters; vowel-less ones and word starts missing from the word list go
-    assert 20000 < cb.stats["lexical"] < 31534
+    # 31,534 are space + letters; vowel-less ones, word starts missing from the word list and
+    # capitalised forms go (21,238 words with them)
+    assert 12000 < cb.stats["lexical"] < 20000
     for word in ("the", "cat", "red", "blue", "circle", "house"):
         assert word in cb.words
+    # every CIFAR-10 class name is a word of the 8,192 (airplane, automobile and frog were not
+    # while capitalised duplicates took a third of the places)
+    for word in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"):
+        assert word in cb.words
+    assert all(w.islower() for w in cb.words)
+    legacy = load_codebook(CodebookConfig(lowercase_only=False))
+    assert "Yellow" in legacy.words and "frog" not in legacy.words
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(codebook_module.smollm2_model_dir())

@@ -38,7 +38,8 @@ def test_unknown_keys_suggest_the_right_one(key, suggestion):
     {"train.steps": "many"}, {"train.steps": 1.5}, {"train.lr": "fast"}, {"model.quantizer": "pq"},
     {"model.layer_sizes": (1, 3)}, {"model.image_size": 30}, {"train.precision": "fp8"},
     {"model.normalize": "maybe"}, {"train.steps": 0}, {"codebook.source": 3},
-    {"semantic.layer_weights": "1"}, {"semantic.layer_weights": "1,-1"}, {"semantic.layer_weights": "1,nan"},
+    {"semantic.layer_weights": "1,1"}, {"semantic.layer_weights": "-1"}, {"semantic.layer_weights": "nan"},
+    {"model.coarse_tokens": "pool"}, {"semantic.loss_form": "all"},
     {"model.head_gradient_scale": -0.5}, {"model.head_gradient_scale": "nan"},
 ])
 def test_bad_values_are_refused(overrides):
@@ -77,3 +78,20 @@ def test_shipped_config_files_are_valid(path):
 
     cfg = create_config("small", yaml.safe_load(path.read_text()))
     assert cfg.train.steps > 0
+
+
+def test_configs_saved_before_a_field_existed_load_with_that_time_s_design():
+    """Checkpoints keep their config in their metadata: one saved before the covering pyramid, the
+    MLP head and the lower-case codebook reads back as the design it was trained with."""
+    from spae_lab.config import config_from_dict
+
+    saved = create_config("small").to_dict()
+    for section, key in (("model", "coarse_tokens"), ("model", "semantic_head_mlp"),
+                         ("codebook", "lowercase_only")):
+        del saved[section][key]
+    old = config_from_dict(saved)
+    assert (old.model.coarse_tokens, old.model.semantic_head_mlp, old.codebook.lowercase_only) == (
+        "cell", False, False)
+    new = config_from_dict(create_config("small").to_dict())
+    assert (new.model.coarse_tokens, new.model.semantic_head_mlp, new.codebook.lowercase_only) == (
+        "cover", True, True)

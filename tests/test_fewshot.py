@@ -154,7 +154,8 @@ def test_the_three_decodings_end_to_end_and_resume(tiny_llm, digits, tmp_path, t
     resumed = CountingBackend(inner)
     records, summary, _ = run(resumed)
     total_queries = 2 * 2 * 3 * 2 * 2  # settings x names x decodings x episodes x queries
-    assert resumed.queries == total_queries - killed.queries
+    calibration = 2 * 2 * 2  # one content-free query per likelihood episode
+    assert resumed.queries == total_queries + calibration - killed.queries
     # finished: re-rendering asks nothing and gives the same table
     again = CountingBackend(inner)
     records2, summary2, _ = run(again)
@@ -253,7 +254,8 @@ def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
     llm = records[records.method == "SPAE"]
     assert len(llm) == 100 and not llm.duplicated(["decoding", "episode", "image"]).any()
     with sqlite3.connect(out / "llm_cache.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 100
+        # 100 queries and one content-free query per likelihood episode (calibration)
+        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 100 + 25
     calls = json.loads((out / "config.json").read_text())["llm_calls"]
     assert calls["retries"] > 0 and calls["retry_reasons"]
     sent = {r.get("auth_sha256") for r in server.requests()}
@@ -261,3 +263,34 @@ def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
     for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
         assert key.encode() not in path.read_bytes(), path
     assert key not in proc.stdout + proc.stderr
+
+
+class _PriorBackend:
+    """Scores that favour the first name by a constant, whatever the image: what a prompt's
+    recency or a short name does to summed log-probabilities."""
+
+    def score_shared_prefix(self, prefix, queries, continuations):
+        rows = []
+        for query in queries:
+            rows.append([5.0 if i == 0 else 0.0 for i in range(len(continuations))])
+            if "N/A" not in query:  # the image's own evidence: a small lift for its class
+                rows[-1][int(query.split()[1].rstrip("."))] += 1.0
+        return rows
+
+
+def test_content_free_calibration_removes_a_name_prior():
+    names = ["dax", "blicket"]
+    queries = ["Image: 0 . This is a", "Image: 1 . This is a"]
+    raw = fewshot.predict(_PriorBackend(), "", queries, names, "likelihood")
+    assert raw == [0, 0]  # the prior wins every query
+    calibrated = fewshot.predict(_PriorBackend(), "", queries, names, "likelihood",
+                                 content_free="Image: N/A. This is a")
+    assert calibrated == [0, 1]
+
+
+def test_summary_shows_the_answer_distribution():
+    records = [{"method": "m", "ways": 2, "names": "nonsense", "decoding": "likelihood",
+                "setting": "T-1s-0r", "truth": t, "prediction": 0, "correct": t == 0}
+               for t in (0, 1, 0, 1)]
+    row = fewshot.summarize(records).iloc[0]
+    assert row["accuracy"] == 0.5 and row["top_answer_share"] == 1.0

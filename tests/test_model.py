@@ -82,11 +82,15 @@ def test_paper_preset_builds_a_six_layer_pyramid():
     assert model.layout.cumulative_tokens() == [1, 5, 21, 85, 341, 597]
 
 
-def test_semantic_head_picks_the_guided_layers_tokens():
+CELL = {"model.coarse_tokens": "cell", "model.semantic_head_mlp": False}  # the first design
+
+
+def test_semantic_head_picks_the_guided_layers_tokens_cell_pyramid():
     from spae_lab.pyramid import nearest_codes
 
     torch.manual_seed(0)
-    cfg = create_config("tiny", {"codebook.source": "random:256:24"})
+    cfg = create_config("tiny", {"codebook.source": "random:256:24", "semantic.top_k": (3, 10, 50),
+                                 **CELL})
     assert cfg.model.semantic_head_layers == 2
     assert create_config("tiny", {"semantic.enabled": False}).model.semantic_head_layers == 0
     model = SPAE(cfg.model, random_codebook(cfg.codebook.source)).eval()
@@ -102,23 +106,48 @@ def test_semantic_head_picks_the_guided_layers_tokens():
             assert torch.equal(quant.ids[layer], want)
 
 
-def test_reconstruction_gradient_reaches_what_picked_the_words():
-    """Depths 1-2 (the head's words) send the decoder's gradient to the semantic head, not to the
+def test_covering_pyramid_layer1_reads_the_head_mean_and_layer2_the_quadrant_latents():
+    """Layer 1's one word is the nearest to the grid mean of the head; each of layer 2's four
+    words is picked by SAQ from its quadrant's mean latent: 2 * mean(z) - e(layer 1)."""
+    from spae_lab.pyramid import nearest_codes, region_mean
+
+    torch.manual_seed(0)
+    cfg = create_config("tiny", {"codebook.source": "random:256:24"})
+    assert cfg.model.coarse_tokens == "cover" and cfg.model.semantic_head_layers == 1
+    model = SPAE(cfg.model, random_codebook(cfg.codebook.source)).eval()
+    images = torch.rand(2, 3, 16, 16)
+    grid = model.layout.grid
+    with torch.no_grad():
+        z, quant = model.quantize(images)
+        head = model._to_search_space(model.semantic_head, model.encoder(images * 2 - 1))
+        table = model.quantizer.table()
+        first = nearest_codes(region_mean(head, grid, grid)[:, 0], table)
+        assert torch.equal(quant.ids[0][:, 0], first)
+        quadrants = 2 * region_mean(z, grid, grid // 2) - table[first][:, None]
+        want = nearest_codes(quadrants.reshape(-1, table.shape[1]), table).view(2, 4)
+        assert torch.equal(quant.ids[1], want)
+
+
+@pytest.mark.parametrize("overrides,head_depth", [({}, 1), (CELL, 2)])
+def test_reconstruction_gradient_reaches_what_picked_the_words(overrides, head_depth):
+    """Depths up to the head's layers send the decoder's gradient to the semantic head, not to the
     shared latents; deeper decodes reach the latents. Routed to the latents, the head never saw
     reconstruction and layer 2 repeated layer 1's words."""
     torch.manual_seed(0)
-    cfg = create_config("tiny", {"codebook.source": "random:256:24"})
+    cfg = create_config("tiny", {"codebook.source": "random:256:24", "semantic.top_k": (3, 10),
+                                 **overrides})
     model = SPAE(cfg.model, random_codebook(cfg.codebook.source))
     images = torch.rand(2, 3, 16, 16)
+    head_weight = next(model.semantic_head.parameters())
 
     def grads(depth: int) -> tuple[float, float]:
         model.zero_grad()
         out = model(images, torch.full((2,), depth))
         out.reconstructions.pow(2).mean().backward()
-        return (model.semantic_head.weight.grad.abs().sum().item(),
+        return (head_weight.grad.abs().sum().item(),
                 model.to_codebook.weight.grad.abs().sum().item())
 
-    head_grad, latent_grad = grads(2)
+    head_grad, latent_grad = grads(head_depth)
     assert head_grad > 0 and latent_grad == 0
     head_grad, latent_grad = grads(model.num_layers)
     assert head_grad == 0 and latent_grad > 0

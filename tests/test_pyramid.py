@@ -190,3 +190,43 @@ def test_saq_deep_tokens_keep_the_latents_word_rq_residuals_lose_it():
     assert similarity["saq"][0] == similarity["rq"][0] == pytest.approx(1.0)  # same first word
     assert min(similarity["saq"][1:]) > 0.8  # measured 1.0, 0.98, 0.91
     assert max(abs(s) for s in similarity["rq"][1:]) < 0.1  # measured about 0.00
+
+
+@pytest.mark.parametrize("mode", ["saq", "rq"])
+def test_covering_pyramid_is_its_own_exact_inverse_at_every_depth(mode):
+    torch.manual_seed(0)
+    layout = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+    quantizer = PyramidQuantizer(layout, torch.randn(300, 16), mode)
+    z = torch.randn(3, 64, 16)
+    out = quantizer(z)
+    assert [i.shape[1] for i in out.ids] == layout.tokens_per_layer()
+    for depth in range(1, 6):
+        assert torch.allclose(quantizer.dequantize(out.ids, depth), out.latents[depth - 1], atol=1e-5)
+
+
+def test_covering_saq_is_the_running_mean_of_every_token_covering_a_cell():
+    """After d layers each cell decodes from the mean of the d words that cover it: layer 1's word
+    still counts once layer 2 is decoded (in the cell pyramid it stopped counting)."""
+    from spae_lab.pyramid import region_mean, spread
+
+    torch.manual_seed(1)
+    layout = PyramidLayout(4, (1, 2, 4), cover=True)
+    table = torch.randn(50, 8)
+    quantizer = PyramidQuantizer(layout, table, "saq")
+    out = quantizer(torch.randn(2, 16, 8))
+    words = [spread(table[ids], 4, layout.stride(layer)) for layer, ids in enumerate(out.ids)]
+    for depth in (1, 2, 3):
+        assert torch.allclose(out.latents[depth - 1], torch.stack(words[:depth]).mean(0), atol=1e-5)
+    x = torch.randn(2, 16, 3)
+    assert torch.allclose(region_mean(spread(region_mean(x, 4, 2), 4, 2), 4, 2), region_mean(x, 4, 2))
+
+
+def test_covering_saq_approximates_better_with_every_layer():
+    torch.manual_seed(2)
+    layout = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+    table = torch.nn.functional.normalize(torch.randn(4096, 8), dim=1) * 8**0.5
+    quantizer = PyramidQuantizer(layout, table, "saq")
+    z = torch.nn.functional.normalize(torch.randn(4, 64, 8), dim=-1) * 8**0.5
+    out = quantizer(z)
+    errors = [(out.latents[d] - z).pow(2).mean().item() for d in range(5)]
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False))

@@ -1,0 +1,91 @@
+"""Ship a finished training run as a pretrained tokenizer, with its model card.
+
+    python scripts/make_pretrained.py NAME --run RUN_DIR --command "the command that trained RUN_DIR"
+
+Copies the run's weights (float16, no optimizer state) to spae_lab/assets/pretrained/NAME.safetensors,
+evaluates the *shipped* weights on the run's held-out split (never trained on) and writes the card
+NAME.json beside them: data, config, steps, wall time and machine, commit, command, metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from spae_lab import pretrained
+from spae_lab.train import build_datasets, build_guide, evaluate, load_tokenizer, save_checkpoint
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _wall_minutes(run: Path) -> float | None:
+    """Minutes between the run's first and last metrics records (the training wall time)."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return None
+    stat = path.stat()
+    started = (run / "config.json").stat().st_ctime if (run / "config.json").exists() else None
+    return round((stat.st_mtime - started) / 60, 1) if started else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("name", help="shipped name, e.g. scenes, cifar10, cifar10-lqae, digits")
+    parser.add_argument("--run", required=True, help="finished run folder")
+    parser.add_argument("--command", required=True, help="the command that trained the run")
+    parser.add_argument("--machine", default=f"{platform.machine()}, {torch.get_num_threads()} torch threads")
+    parser.add_argument("--heldout", type=int, help="held-out images to evaluate (default: the run's)")
+    parser.add_argument("--extra", help="JSON file of further figures to put on the card (few-shot)")
+    args = parser.parse_args()
+
+    run = Path(args.run)
+    model = load_tokenizer(run)
+    cfg = model.experiment_config
+    steps = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]).get("step")
+    pretrained.PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
+    target = pretrained.PRETRAINED_DIR / f"{args.name}.safetensors"
+    save_checkpoint(target, model, None, steps, cfg, dtype=torch.float16)
+
+    shipped = load_tokenizer(target)  # the figures are those of the file users get
+    if args.heldout:
+        cfg.data.heldout_images = args.heldout
+    _, heldout = build_datasets(cfg)
+    start = time.time()
+    metrics = evaluate(shipped, heldout, guide=build_guide(cfg, shipped, "cpu"))
+    card = {
+        "name": args.name,
+        "description": pretrained.DESCRIPTIONS.get(args.name, ""),
+        "data": {"dataset": Path(cfg.data.dataset).name, "heldout_images": len(heldout),
+                 "heldout": "the dataset's held-out split (never trained on)"},
+        "steps": steps,
+        "wall_minutes": _wall_minutes(run),
+        "machine": args.machine,
+        "commit": _commit(),
+        "command": args.command,
+        "heldout": metrics,
+        "eval_seconds": round(time.time() - start, 1),
+        "config": cfg.to_dict(),
+    }
+    if args.extra:
+        card.update(json.loads(Path(args.extra).read_text()))
+    (pretrained.PRETRAINED_DIR / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"{target} ({target.stat().st_size / 1e6:.1f} MB): {pretrained.headline(args.name)}")
+
+
+if __name__ == "__main__":
+    main()

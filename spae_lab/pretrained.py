@@ -1,0 +1,67 @@
+"""Pretrained tokenizers that ship inside the package, each with a model card.
+
+`spae_lab/assets/pretrained/<name>.safetensors` holds the weights (a checkpoint without optimizer
+state; the frozen codebook is rebuilt from its offline source), `<name>.json` the card: data,
+config, steps, wall time and machine, commit, the command that reproduces it and its held-out
+metrics. `load_tokenizer(name)` takes these names; `spae-lab pretrained` lists them.
+
+The cards are written by `scripts/make_pretrained.py`, which trains the recipe (or takes a finished
+run), evaluates it on held-out data and copies the weights here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PRETRAINED_DIR = Path(__file__).parent / "assets" / "pretrained"
+
+# What each shipped name is for (the card holds the figures).
+DESCRIPTIONS: dict[str, str] = {
+    "scenes": "synthetic scenes of coloured shapes (the demo's data), 32 px",
+    "cifar10": "natural images: CIFAR-10, 32 px",
+    "cifar10-lqae": "LQAE-style baseline on CIFAR-10: one layer of 64 words, no semantic loss",
+    "digits": "MNIST digits, 32 px, for in-context generation",
+}
+
+
+class PretrainedError(KeyError):
+    """A name that is not a shipped tokenizer."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one reads as a sentence
+        return str(self.args[0])
+
+
+def available() -> list[str]:
+    """Names of the shipped tokenizers whose weights are in the package."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
+
+
+def weights_path(name: str) -> Path:
+    """The weights of a shipped tokenizer; PretrainedError for an unknown name."""
+    path = PRETRAINED_DIR / f"{name}.safetensors"
+    if name not in available():
+        raise PretrainedError(f"no shipped tokenizer named {name!r}; shipped: {', '.join(available())}")
+    return path
+
+
+def card(name: str) -> dict:
+    """The model card of a shipped tokenizer (dict; empty when it has none)."""
+    path = PRETRAINED_DIR / f"{name}.json"
+    if name not in available():
+        raise PretrainedError(f"no shipped tokenizer named {name!r}; shipped: {', '.join(available())}")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def headline(name: str) -> str:
+    """One line of a card's held-out figures: PSNR per depth and the word hit rate of layers 1-2."""
+    metrics = card(name).get("heldout", {})
+    parts = []
+    if "psnr" in metrics:
+        parts.append("PSNR " + " / ".join(f"{v:.1f}" for v in metrics["psnr"]) + " dB")
+    for key, label in (("caption_hit", "caption word"), ("class_hit", "class word")):
+        if key in metrics and len(metrics[key]) >= 2:
+            parts.append(f"{label} in layers 1-2 {100 * metrics[key][1]:.0f}%")
+        elif key in metrics:
+            parts.append(f"{label} in layer 1 {100 * metrics[key][0]:.0f}%")
+    return "; ".join(parts)
