@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import time
@@ -19,7 +20,15 @@ from pathlib import Path
 import torch
 
 from spae_lab import pretrained
-from spae_lab.train import build_datasets, build_guide, evaluate, load_tokenizer, save_checkpoint
+from spae_lab.train import (
+    build_datasets,
+    build_guide,
+    checkpoint_step,
+    evaluate,
+    load_tokenizer,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def _commit() -> str:
@@ -48,7 +57,7 @@ def main() -> None:
     parser.add_argument("name", help="shipped name, e.g. scenes, cifar10, cifar10-lqae, digits")
     parser.add_argument("--run", required=True, help="finished run folder")
     parser.add_argument("--command", required=True, help="the command that trained the run")
-    parser.add_argument("--machine", default=f"{platform.machine()}, {torch.get_num_threads()} torch threads")
+    parser.add_argument("--machine", help="where it trained (default: this machine, the run's threads)")
     parser.add_argument("--heldout", type=int, help="held-out images to evaluate (default: the run's)")
     parser.add_argument("--extra", help="JSON file of further figures to put on the card (few-shot)")
     args = parser.parse_args()
@@ -56,7 +65,10 @@ def main() -> None:
     run = Path(args.run)
     model = load_tokenizer(run)
     cfg = model.experiment_config
-    steps = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]).get("step")
+    steps = checkpoint_step(read_checkpoint(run)[1], run)
+    threads = cfg.train.num_threads or os.cpu_count()
+    machine = args.machine or (f"{os.cpu_count()}-core {platform.machine()} CPU, {threads} torch "
+                               f"thread(s), torch {torch.__version__}")
     pretrained.PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
     target = pretrained.PRETRAINED_DIR / f"{args.name}.safetensors"
     save_checkpoint(target, model, None, steps, cfg, dtype=torch.float16)
@@ -74,7 +86,7 @@ def main() -> None:
                  "heldout": "the dataset's held-out split (never trained on)"},
         "steps": steps,
         "wall_minutes": _wall_minutes(run),
-        "machine": args.machine,
+        "machine": machine,
         "commit": _commit(),
         "command": args.command,
         "heldout": metrics,

@@ -210,9 +210,10 @@ def cmd_demo(args) -> int:
     from spae_lab.viz import save_reconstruction_figure
 
     out = Path(args.out)
-    scenes_tokenizer = "scenes"
+    scenes_tokenizer, trained_steps = "scenes", None
     if args.train:
-        scenes_tokenizer = str(_demo_train(args, out))
+        trained_steps = _demo_train(args, out)
+        scenes_tokenizer = str(out)
     else:
         print("spae-lab demo: the pretrained tokenizers shipped with the package "
               "(`spae-lab pretrained`; `--train` trains one from scratch first)")
@@ -250,17 +251,25 @@ def cmd_demo(args) -> int:
     # Each notebook takes the parameters it declares: the tour, token-pyramid and reconstruction
     # notebooks read the scenes tokenizer, the few-shot notebook the cifar10 pair on the shipped
     # CIFAR-10 sample (and reuses the demo's LLM answers).
-    parameters = {"checkpoint": scenes_tokenizer, "checkpoints": [scenes_tokenizer],
-                  "scene_checkpoint": scenes_tokenizer, "results_dir": str(out / "fewshot"),
-                  "out_dir": str(out) if args.train else ""}
+    parameters = {"checkpoints": [scenes_tokenizer], "scene_checkpoint": scenes_tokenizer}
+    per_notebook = {name: {"checkpoint": scenes_tokenizer}
+                    for name in ("01_tour", "02_token_pyramid")}
+    if trained_steps is not None:  # the training notebook shows this run's curves (it is finished)
+        per_notebook["04_training"] = {"preset": "small", "steps": trained_steps, "out_dir": str(out)}
+    if not args.no_fewshot:  # the same experiment as above: the notebook asks the LLM nothing new
+        per_notebook["05_fewshot"] = {
+            "results_dir": str(out / "fewshot"), "ways": [2, 5], "settings": "quick",
+            "episodes": args.episodes, "names": ["real"], "decodings": ["likelihood"],
+            "references": ["teacher"]}
     print(f"\nRunning the notebooks into {args.reports}/ ...")
-    runs = run_reports(find_notebooks(), parameters, reports_dir=args.reports, tag="demo",
-                       timeout=args.notebook_timeout)
+    runs = run_reports(find_notebooks(), parameters, per_notebook, reports_dir=args.reports,
+                       tag="demo", timeout=args.notebook_timeout)
     return _print_reports(runs, args.reports)
 
 
-def _demo_train(args, out: Path) -> Path:
-    """Train the shipped scenes recipe from scratch into `out` (a finished run is reused)."""
+def _demo_train(args, out: Path) -> int:
+    """Train the shipped scenes recipe from scratch into `out` (a finished run is reused); returns
+    the run's steps."""
     from spae_lab.train import train
 
     recipe = Path(__file__).parent / "assets" / "pretrained" / "scenes.json"
@@ -284,7 +293,7 @@ def _demo_train(args, out: Path) -> Path:
         print(f"{out} holds a checkpoint this version cannot continue ({e}); training from scratch")
         result = train(cfg, out, resume=False, progress=not args.quiet)
     _print_result(result)
-    return out
+    return result.step
 
 
 def _demo_fewshot(args, out: Path) -> None:
