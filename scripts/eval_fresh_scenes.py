@@ -27,13 +27,25 @@ def main() -> None:
     parser.add_argument("--teacher", default="lit:builtin")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    results = []
     for path in args.checkpoints:
         model = load_tokenizer(path)
         data = make_dataset("scenes", model.config.image_size, split="heldout", seed=args.seed,
                             num_images=args.count)
         guide = build_guide(create_config("small", {"semantic.teacher": args.teacher}), model, "cpu")
         result = evaluate(model, data, guide=guide)
+        results.append(result)
         print(path, json.dumps({k: result[k] for k in ("psnr", "relevance", "caption_hit") if k in result}))
+    if len(results) > 1:  # several seeds of one recipe: mean and spread (min-max)
+        def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+            v = torch.tensor(values) * scale
+            return f"{v.mean():.{digits}f} ({v.min():.{digits}f}-{v.max():.{digits}f})"
+
+        depths = len(results[0]["psnr"])
+        print(f"mean (min-max) over {len(results)} checkpoints, {args.count} scenes of seed {args.seed}:")
+        print("  PSNR by depth (dB): " + " / ".join(
+            spread([r["psnr"][d] for r in results]) for d in range(depths)))
+        print("  caption word in layers 1-2 (%): " + spread([r["caption_hit"][1] for r in results], 100, 0))
 
 
 if __name__ == "__main__":

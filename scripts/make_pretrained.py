@@ -52,6 +52,37 @@ def _wall_minutes(run: Path) -> float | None:
     return round((stat.st_mtime - started) / 60, 1) if started else None
 
 
+def markdown_card(card: dict) -> str:
+    """The card for people: what it is, how it was made, what it scores on held-out data."""
+    m = card["heldout"]
+    lines = [f"# `{card['name']}`: {card['description']}", "",
+             f"- data: {card['data']['dataset']}; evaluated on {card['data']['heldout_images']} "
+             f"images of {card['data']['heldout']}",
+             f"- trained: {card['steps']} steps, {card['wall_minutes']} minutes on {card['machine']}",
+             f"- commit: {card['commit']}",
+             f"- reproduce: `{card['command']}`, then "
+             f"`python scripts/make_pretrained.py {card['name']} --run RUN --command \"...\"`",
+             "", "Held-out figures (the shipped float16 weights):", "",
+             "| depth | " + " | ".join(str(d + 1) for d in range(len(m["psnr"]))) + " |",
+             "|---|" + "---|" * len(m["psnr"]),
+             "| PSNR (dB) | " + " | ".join(f"{v:.2f}" for v in m["psnr"]) + " |",
+             "| distinct words of the layer | " + " | ".join(str(v) for v in m["distinct_words"]) + " |"]
+    if "relevance" in m:
+        lines.append("| teacher relevance of the layer's words | "
+                     + " | ".join(f"{v:.3f}" for v in m["relevance"]) + " |")
+    for key, label in (("caption_hit", "caption word in layers 1..d"),
+                       ("class_hit", "class name or synonym in layers 1..d")):
+        if key in m:
+            lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f}%" for v in m[key]) + " |")
+    if "relevance" in m:
+        lines += ["", f"A word drawn at random from the codebook scores {m['relevance_random']:.3f}."]
+    if "fewshot" in card:
+        lines += ["", "Few-shot classification by SmolLM2 (real names, likelihood ranking, "
+                  "average over Frozen's 7 settings):", "", card["fewshot"]["table_md"]]
+    lines += ["", "Config: see the `config` of the JSON card beside this file.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("name", help="shipped name, e.g. scenes, cifar10, cifar10-lqae, digits")
@@ -96,6 +127,7 @@ def main() -> None:
     if args.extra:
         card.update(json.loads(Path(args.extra).read_text()))
     (pretrained.PRETRAINED_DIR / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    (pretrained.PRETRAINED_DIR / f"{args.name}.md").write_text(markdown_card(card))
     print(f"{target} ({target.stat().st_size / 1e6:.1f} MB): {pretrained.headline(args.name)}")
 
 

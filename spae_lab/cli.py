@@ -188,6 +188,9 @@ def cmd_pretrained(args) -> int:
     if not names:
         print("no pretrained tokenizers in this installation")
         return 0
+    if args.markdown:
+        print(pretrained.markdown_table(names))
+        return 0
     for name in names:
         card = pretrained.card(name)
         print(f"{name:14s} {pretrained.DESCRIPTIONS.get(name, card.get('description', ''))}")
@@ -538,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrained", help="list the pretrained tokenizers shipped with the package")
     p.add_argument("--verbose", action="store_true", help="also how each was trained")
+    p.add_argument("--markdown", action="store_true", help="the figures as a Markdown table")
     p.set_defaults(func=cmd_pretrained)
 
     p = sub.add_parser("demo", help="the main job: train a small tokenizer, print words, run the notebook reports")

@@ -65,3 +65,22 @@ def headline(name: str) -> str:
         elif key in metrics:
             parts.append(f"{label} in layer 1 {100 * metrics[key][0]:.0f}%")
     return "; ".join(parts)
+
+
+def markdown_table(names: list[str] | None = None) -> str:
+    """The cards' held-out figures as a Markdown table (the README's, `spae-lab pretrained --markdown`)."""
+    rows = ["| name | data | steps (CPU minutes) | PSNR by depth 1 / 2 / 3 / 4 / 5 (dB) | names the image in the first 5 words | distinct words L1 / L2 | relevance L1 (random word) |",
+            "|---|---|---|---|---|---|---|"]
+    for name in names or available():
+        c = card(name)
+        m = c.get("heldout", {})
+        psnr = " / ".join(f"{v:.1f}" for v in m.get("psnr", []))
+        hits = m.get("caption_hit") or m.get("class_hit")
+        kind = "caption word" if "caption_hit" in m else "class word"
+        named = f"{100 * hits[min(1, len(hits) - 1)]:.0f}% ({kind})" if hits else "-"
+        distinct = " / ".join(str(v) for v in m.get("distinct_words", [])[:2])
+        relevance = (f"{m['relevance'][0]:.3f} ({m['relevance_random']:.3f})"
+                     if "relevance" in m else "-")
+        rows.append(f"| `{name}` | {c.get('data', {}).get('dataset', '')}, {c.get('data', {}).get('heldout_images', '')} held-out | "
+                    f"{c.get('steps')} ({c.get('wall_minutes')}) | {psnr} | {named} | {distinct} | {relevance} |")
+    return "\n".join(rows)
