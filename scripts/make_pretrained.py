@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the command that trained the run")
     parser.add_argument("--machine", help="where it trained (default: this machine, the run's threads)")
     parser.add_argument("--heldout", type=int, help="held-out images to evaluate (default: the run's)")
+    parser.add_argument("--commit", help="the commit whose code trained the run (default: HEAD)")
     parser.add_argument("--extra", help="JSON file of further figures to put on the card (few-shot)")
     args = parser.parse_args()
 
@@ -118,7 +119,7 @@ def main() -> None:
         "steps": steps,
         "wall_minutes": _wall_minutes(run),
         "machine": machine,
-        "commit": _commit(),
+        "commit": args.commit or _commit(),
         "command": args.command,
         "heldout": metrics,
         "eval_seconds": round(time.time() - start, 1),

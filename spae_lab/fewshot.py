@@ -62,6 +62,22 @@ FROZEN_SETTINGS = (Setting(False, 1, 0), Setting(True, 1, 0), Setting(True, 3, 0
                    Setting(True, 5, 0), Setting(True, 1, 1), Setting(True, 1, 3),
                    Setting(True, 1, 5))
 
+def select_settings(spec: str) -> tuple[Setting, ...]:
+    """Settings by name: "frozen7" (all 7), "quick" (T-1s-0r) or comma-separated labels such as
+    "T-3s-0r" or "noT-1s-0r,T-5s-0r"."""
+    if spec == "frozen7":
+        return FROZEN_SETTINGS
+    if spec == "quick":
+        return FROZEN_SETTINGS[1:2]
+    by_label = {s.label: s for s in FROZEN_SETTINGS}
+    labels = [part.strip() for part in spec.split(",") if part.strip()]
+    unknown = [label for label in labels if label not in by_label]
+    if unknown or not labels:
+        raise FewShotError(f"unknown setting(s) {unknown or spec!r}: use frozen7, quick or labels "
+                           f"among {', '.join(by_label)}")
+    return tuple(by_label[label] for label in labels)
+
+
 # Frozen's nonsense names (Tsimpoukelli et al. 2021), extended for more ways.
 NONSENSE_NAMES = ("dax", "blicket", "slation", "perpo", "shously", "wug", "toma", "fep",
                   "zorb", "kiki")
