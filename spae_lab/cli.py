@@ -208,7 +208,10 @@ def cmd_demo(args) -> int:
     """The main job: the shipped tokenizers at work (words, reconstructions, few-shot reading by
     SmolLM2 beside the LQAE-style baseline), then every notebook on them into reports/.
     `--train` first trains the scenes tokenizer from scratch (minutes) and uses it instead."""
+    import torch
+
     from spae_lab.data import SyntheticScenes, make_dataset
+    from spae_lab.semantic import class_word_hits
     from spae_lab.train import load_tokenizer
     from spae_lab.viz import save_reconstruction_figure
 
@@ -234,12 +237,22 @@ def cmd_demo(args) -> int:
 
     cifar = load_tokenizer("cifar10")
     sample = make_dataset("cifar10-sample", cifar.config.image_size)
-    shown = [next(i for i, label in enumerate(sample.labels) if label == k) for k in (0, 3, 7, 8)]
+    images = torch.stack([sample[i]["image"] for i in range(len(sample))])
+    texts = [cifar.encode(images[i : i + 100]) for i in range(0, len(sample), 100)]
+    words = [batch.to_text(num_layers=2, image=i).split() for batch in texts for i in range(len(batch))]
+    names = [sample.classes[k] for k in sample.labels]
     print("\nCIFAR-10 images the tokenizers never trained on, as their first 5 words "
-          "(tokenizer cifar10):")
-    for i in shown:
-        words = cifar.encode(sample[i]["image"][None]).to_text(num_layers=2)
-        print(f"  {sample.classes[sample.labels[i]]:10s} -> {words}")
+          "(tokenizer cifar10; the first image of each class):")
+    for name in sample.classes:
+        i = names.index(name)
+        print(f"  {name:10s} -> {' '.join(words[i])}")
+    generator = torch.Generator().manual_seed(0)
+    random_words = [[cifar.codebook.words[j] for j in torch.randint(len(cifar.codebook), (5,),
+                                                                    generator=generator)]
+                    for _ in names]
+    print(f"  the class name (or a plain synonym) is among the first 5 words for "
+          f"{100 * class_word_hits(words, names):.0f}% of the {len(names)} sample images "
+          f"(5 random codebook words: {100 * class_word_hits(random_words, names):.1f}%)")
     subset = [sample[i] for i in range(0, len(sample), len(sample) // 8)][:8]
     figure = save_reconstruction_figure(cifar, subset, out / "reconstruction_cifar10.png")
     print(f"reconstructions from 1..{cifar.num_layers} layers: {figure}")
