@@ -211,7 +211,7 @@ def cmd_demo(args) -> int:
     import torch
 
     from spae_lab.data import SyntheticScenes, make_dataset
-    from spae_lab.semantic import class_word_hits
+    from spae_lab.semantic import class_word_hits, random_words
     from spae_lab.train import load_tokenizer
     from spae_lab.viz import save_reconstruction_figure
 
@@ -246,13 +246,10 @@ def cmd_demo(args) -> int:
     for name in sample.classes:
         i = names.index(name)
         print(f"  {name:10s} -> {' '.join(words[i])}")
-    generator = torch.Generator().manual_seed(0)
-    random_words = [[cifar.codebook.words[j] for j in torch.randint(len(cifar.codebook), (5,),
-                                                                    generator=generator)]
-                    for _ in names]
+    chance = class_word_hits(random_words(cifar.codebook, len(names)), names)
     print(f"  the class name (or a plain synonym) is among the first 5 words for "
           f"{100 * class_word_hits(words, names):.0f}% of the {len(names)} sample images "
-          f"(5 random codebook words: {100 * class_word_hits(random_words, names):.1f}%)")
+          f"(5 random codebook words: {100 * chance:.1f}%)")
     subset = [sample[i] for i in range(0, len(sample), len(sample) // 8)][:8]
     figure = save_reconstruction_figure(cifar, subset, out / "reconstruction_cifar10.png")
     print(f"reconstructions from 1..{cifar.num_layers} layers: {figure}")

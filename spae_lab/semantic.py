@@ -141,3 +141,11 @@ def class_word_hits(words_per_image: list[list[str]], class_names: list[str]) ->
     for words, name in zip(words_per_image, class_names, strict=True):
         hits += bool({w.lower() for w in words} & class_words(name))
     return hits / max(1, len(words_per_image))
+
+
+def random_words(codebook: Codebook, num_images: int, per_image: int = 5, seed: int = 0) -> list[list[str]]:
+    """`per_image` codebook words drawn at random for each of `num_images` images: the trivial
+    reference that word-hit rates are compared with."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(codebook), (num_images, per_image), generator=generator)
+    return [[codebook.words[j] for j in row] for row in draws.tolist()]

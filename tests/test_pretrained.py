@@ -9,7 +9,7 @@ import torch
 from spae_lab import load_tokenizer, pretrained
 from spae_lab.cli import main
 from spae_lab.data import SyntheticScenes, make_dataset
-from spae_lab.semantic import caption_word_hits, class_word_hits
+from spae_lab.semantic import caption_word_hits, class_word_hits, random_words
 from spae_lab.train import CheckpointError, build_datasets, build_guide, evaluate
 
 SHIPPED = ("scenes", "cifar10", "cifar10-lqae", "digits")
@@ -53,11 +53,7 @@ def test_scenes_tokenizer_names_the_scene_and_gives_it_back():
     words = [pyramid.to_text(num_layers=2, image=i).split() for i in range(64)]
     colors, shapes = [it["color"] for it in items], [it["shape"] for it in items]
     hits = caption_word_hits(words, colors, shapes)
-    generator = torch.Generator().manual_seed(0)
-    random_words = [[model.codebook.words[j] for j in torch.randint(len(model.codebook), (5,),
-                                                                    generator=generator)]
-                    for _ in range(64)]
-    assert hits >= 0.9 > caption_word_hits(random_words, colors, shapes) + 0.5
+    assert hits >= 0.9 > caption_word_hits(random_words(model.codebook, 64), colors, shapes) + 0.5
     errors = [(model.decode(pyramid, d) - images).pow(2).mean().item() for d in range(1, 6)]
     assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False)), errors
 
