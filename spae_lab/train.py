@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from spae_lab import pretrained
 from spae_lab.codebook import load_codebook
 from spae_lab.config import ConfigError, ExperimentConfig, config_from_dict
 from spae_lab.data import collate, make_dataset
@@ -213,6 +214,7 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
     random_word_relevance = 0.0  # mean score of all words: the level of a word picked at random
     hits = torch.zeros(L)
     ids_per_layer: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    names = class_names_of(dataset)  # labelled data: the class-word hit rate per depth
     count = batches = 0
     for start in range(0, len(dataset), batch_size):
         batch = load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))))
@@ -223,7 +225,6 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
             per_layer = chosen_word_relevance(relevance, quant.ids)
             random_word_relevance += float(relevance.mean(dim=1).sum())
             relevance_sum += torch.tensor([[r["score"], r["rank"]] for r in per_layer]) * images.shape[0]
-        names = class_names_of(dataset)
         if "color" in batch or (names and "label" in batch):
             for depth in range(1, L + 1):
                 per_image = [[model.codebook.words[i] for layer in range(depth)
@@ -256,7 +257,7 @@ def evaluate(model: SPAE, dataset: Dataset, batch_size: int = 64,
         result["relevance_random"] = round(random_word_relevance / count, 4)
     if "color" in batch:
         result["caption_hit"] = [round(float(v), 4) for v in hits / count]
-    elif class_names_of(dataset) and "label" in batch:
+    elif names and "label" in batch:
         result["class_hit"] = [round(float(v), 4) for v in hits / count]
     return result
 
@@ -377,8 +378,6 @@ def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device =
     A path that exists wins over a shipped name; a bare name that is neither is looked up as a run
     folder under ./runs/.
     """
-    from spae_lab import pretrained
-
     path = Path(path_or_name)
     if not path.exists() and str(path_or_name) in pretrained.available():
         path = pretrained.weights_path(str(path_or_name))
