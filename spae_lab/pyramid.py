@@ -323,8 +323,7 @@ class PyramidQuantizer(nn.Module):
                   head_gradient_scale: float = 1.0) -> QuantizerOutput:
         B, N, D = z.shape
         table = self.table()
-        frozen_table = table.detach()
-        half_sq_norms = 0.5 * frozen_table.pow(2).sum(1)
+        half_sq_norms = 0.5 * table.detach().pow(2).sum(1)
         sums = z.new_zeros(B, N, D)
         ids, commit, codebook_terms, rel_err, estimates, targets, scores = [], [], [], [], [], [], []
         for layer, pos in enumerate(self.layout.positions):
@@ -337,12 +336,9 @@ class PyramidQuantizer(nn.Module):
             else:  # residual quantization
                 target = z_sel - prev_sum
             targets.append(target)  # with gradient, for the semantic loss
-            if layer < score_layers:  # one product serves the search and the semantic loss
-                scores.append(search_scores(target, table))  # (B, n, V)
-                layer_ids = scores[-1].detach().argmax(dim=-1)
-            else:
-                layer_ids = nearest_codes(target.detach().reshape(-1, D), frozen_table, half_sq_norms)
-                layer_ids = layer_ids.view(B, -1)
+            layer_ids, layer_scores = self._pick(target, table, half_sq_norms, layer < score_layers)
+            if layer_scores is not None:
+                scores.append(layer_scores)
             sums = sums.index_add(1, pos, table[layer_ids].to(z.dtype))
             estimate = self._estimate(sums, self.layout.counts_after[layer].to(z.device))
             estimates.append(estimate)
