@@ -73,8 +73,8 @@ def steps(preset: str, batch_size: int, device: str = "cpu", amp_dtype: torch.dt
           overrides: dict | None = None) -> tuple[dict, dict]:
     """The three step functions, and facts about the shapes. With `amp_dtype`, the forward and
     the losses run under autocast, as the training loop does on CUDA (bf16)."""
-    from spae_lab.losses import reconstruction_losses
-    from spae_lab.train import sample_depths, semantic_loss_from_scores
+    from spae_lab.losses import reconstruction_losses, semantic_loss_from_scores
+    from spae_lab.train import sample_depths
 
     cfg, spae, guide, plain, images = build(preset, batch_size, device, overrides)
     opt_spae = torch.optim.AdamW(spae.parameters(), lr=1e-4)

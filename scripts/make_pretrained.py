@@ -20,15 +20,9 @@ from pathlib import Path
 import torch
 
 from spae_lab import pretrained
-from spae_lab.train import (
-    build_datasets,
-    build_guide,
-    checkpoint_step,
-    evaluate,
-    load_tokenizer,
-    read_checkpoint,
-    save_checkpoint,
-)
+from spae_lab.checkpoint import checkpoint_step, load_tokenizer, read_checkpoint, save_checkpoint
+from spae_lab.evaluate import evaluate
+from spae_lab.train import build_datasets, build_guide
 
 
 def _commit() -> str:

@@ -6,13 +6,14 @@ where it stopped); the table is read back from the runs' final held-out evaluati
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from spae_lab.config import create_config
-from spae_lab.train import CHECKPOINT_NAME, METRICS_NAME, train
+from spae_lab.runs import read_metrics
+from spae_lab.tables import to_markdown
+from spae_lab.train import train
 
 VARIANTS: dict[str, dict] = {
     "SAQ + semantic": {"model.quantizer": "saq", "semantic.enabled": True},
@@ -28,7 +29,7 @@ def _slug(name: str) -> str:
 
 def final_eval(run_dir: Path, step: int | None = None) -> dict:
     """The last held-out evaluation of a run (or the one at `step`)."""
-    records = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines() if line]
+    records = read_metrics(run_dir)
     return next(r for r in reversed(records) if "eval" in r and step in (None, r["step"]))
 
 
@@ -56,16 +57,6 @@ def ablation_row(name: str, run_dir: Path, caption_layers: int = CAPTION_LAYERS,
     return row
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no tabulate dependency)."""
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def run_ablation(out_dir: str | Path, preset: str = "small", overrides: dict | None = None,
                  variants: dict[str, dict] | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every variant (resuming finished or interrupted ones) and write ablation.csv/.md."""
@@ -77,7 +68,7 @@ def run_ablation(out_dir: str | Path, preset: str = "small", overrides: dict | N
         run_dir = out_dir / _slug(name)
         if progress:
             print(f"== {name}: {run_dir}")
-        train(cfg, run_dir, resume=(run_dir / CHECKPOINT_NAME).exists(), progress=progress)
+        train(cfg, run_dir, resume="auto", progress=progress)
         rows.append(ablation_row(name, run_dir))
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,26 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from spae_lab.codebook import CodebookError
 from spae_lab.config import CodebookConfig, ConfigError, create_config, list_presets
-from spae_lab.data import DataError
-from spae_lab.fewshot import FewShotError
-from spae_lab.llm.base import LLMError
-from spae_lab.model import ShapeError
-from spae_lab.pyramid import PyramidError
-from spae_lab.report import ReportError
-from spae_lab.teacher import TeacherError
-from spae_lab.train import CheckpointError
+from spae_lab.errors import SpaeError
 
-# FloatingPointError: a diverging run ("loss became nan at step 12; lower train.lr").
-USER_ERRORS = (ConfigError, DataError, CodebookError, CheckpointError, ShapeError, PyramidError,
-               TeacherError, ReportError, FileNotFoundError, FloatingPointError, FewShotError,
-               LLMError)
+# Library modules are imported inside the commands that use them: `--help`, `presets` and
+# `report --list` then answer without loading torch.
+
+# SpaeError: every library error a user can fix (bad key, missing dataset, dead endpoint, ...).
+# OSError: a read-only or full disk, a missing file. FloatingPointError: a diverging run ("loss
+# became nan at step 12; lower train.lr").
+USER_ERRORS = (SpaeError, OSError, FloatingPointError)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Errors that get one line and status 2 instead of a traceback. safetensors' own error type
+    (a full disk while writing) is matched by name: importing safetensors here would slow start-up."""
+    return isinstance(error, USER_ERRORS) or type(error).__name__ == "SafetensorError"
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -127,7 +129,7 @@ def _load_images(model, args):
 
 
 def cmd_encode(args) -> int:
-    from spae_lab.train import load_tokenizer
+    from spae_lab.checkpoint import load_tokenizer
 
     if args.count < 1:
         raise ConfigError(f"--count must be at least 1, got {args.count}")
@@ -146,8 +148,8 @@ def cmd_encode(args) -> int:
 
 
 def cmd_decode(args) -> int:
+    from spae_lab.checkpoint import load_tokenizer
     from spae_lab.pyramid import TokenPyramid
-    from spae_lab.train import load_tokenizer
     from spae_lab.viz import save_image
 
     model = load_tokenizer(args.checkpoint)
@@ -210,9 +212,9 @@ def cmd_demo(args) -> int:
     `--train` first trains the scenes tokenizer from scratch (minutes) and uses it instead."""
     import torch
 
+    from spae_lab.checkpoint import load_tokenizer
     from spae_lab.data import SyntheticScenes, make_dataset
     from spae_lab.semantic import class_word_hits, random_words
-    from spae_lab.train import load_tokenizer
     from spae_lab.viz import save_reconstruction_figure
 
     out = Path(args.out)
@@ -283,6 +285,8 @@ def cmd_demo(args) -> int:
 def _demo_train(args, out: Path) -> int:
     """Train the shipped scenes recipe from scratch into `out` (a finished run is reused); returns
     the run's steps."""
+    from spae_lab.checkpoint import CheckpointError
+    from spae_lab.runs import has_checkpoint
     from spae_lab.train import train
 
     recipe = Path(__file__).parent / "assets" / "pretrained" / "scenes.json"
@@ -294,7 +298,7 @@ def _demo_train(args, out: Path) -> int:
     if args.minutes is not None:
         overrides["train"]["max_minutes"] = args.minutes
     cfg = create_config("small", overrides)
-    resume = (out / "checkpoint.safetensors").exists() and not args.fresh
+    resume = has_checkpoint(out) and not args.fresh
     print(f"Training the scenes tokenizer from scratch ({cfg.train.steps} steps, "
           f"{cfg.model.image_size}px, frozen SmolLM2 codebook); run folder {out}"
           + (" (continuing from its checkpoint; --fresh starts over)" if resume else ""))
@@ -383,7 +387,8 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from spae_lab.ablation import run_ablation, to_markdown
+    from spae_lab.ablation import run_ablation
+    from spae_lab.tables import to_markdown
 
     overrides = config_from_args(args).to_dict()
     overrides.pop("preset")
@@ -422,12 +427,12 @@ def cmd_fewshot(args) -> int:
 
 
 def cmd_scene_qa(args) -> int:
-    from spae_lab.ablation import to_markdown
+    from spae_lab.checkpoint import load_tokenizer
     from spae_lab.fewshot import TokenizerTexts
     from spae_lab.llm import load_backend
     from spae_lab.llm.cache import CachedBackend
     from spae_lab.scene_qa import run_captioning, run_vqa
-    from spae_lab.train import load_tokenizer
+    from spae_lab.tables import to_markdown
 
     model = load_tokenizer(args.tokenizer)
     out = Path(args.out)
@@ -598,15 +603,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as e:
-        if args.debug:
-            raise
-        message = " ".join(str(e).split())  # one line, whatever the library said
-        print(f"spae-lab {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        # the reader of our output left (`spae-lab presets | head`): stop quietly, as `cat` does;
+        # stdout goes to /dev/null so that Python's own flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command stopped by a closed pipe
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug or not is_user_error(e):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever was said
+        print(f"spae-lab {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from spae_lab.errors import SpaeError
 
-class ConfigError(ValueError):
+
+class ConfigError(SpaeError, ValueError):
     """A configuration that cannot be used: unknown key, wrong type, inconsistent values."""
 
 

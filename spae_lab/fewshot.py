@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import string
 from collections.abc import Callable, Sequence
@@ -33,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from spae_lab.errors import SpaeError
 from spae_lab.io import atomic_write_text
 from spae_lab.llm.base import GenerationParams, LLMBackend
+from spae_lab.tables import accuracy_table, to_markdown
 
 
-class FewShotError(ValueError):
+class FewShotError(SpaeError, ValueError):
     """An experiment that cannot run as asked: too few images per class, a stale episodes file."""
 
 
@@ -308,36 +309,6 @@ def word_overlap_predictions(episode: Episode, texts: dict[str, str]) -> list[in
 # --- statistics and tables ------------------------------------------------------------------------
 
 
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sane at 0% and 100%, unlike mean +- 2 se)."""
-    if total == 0:
-        return (math.nan, math.nan)
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def accuracy_table(records: list[dict], keys: list[str]) -> pd.DataFrame:
-    """Records with a boolean "correct" -> accuracy and 95% Wilson CI per group of `keys`."""
-    rows = []
-    for group, part in pd.DataFrame(records).groupby(keys, sort=False):
-        group = group if isinstance(group, tuple) else (group,)
-        correct, total = int(part["correct"].sum()), len(part)
-        low, high = wilson_interval(correct, total)
-        row = dict(zip(keys, group, strict=True)) | {
-            "queries": total, "accuracy": correct / total, "ci_low": low, "ci_high": high}
-        if "prediction" in part:
-            # the answer distribution: share of queries given the most common answer (position
-            # among the episode's names; every position is true equally often, so an unbiased
-            # reader gives 1/ways and one that always answers the same gives 1)
-            answers = part["prediction"].dropna()
-            row["top_answer_share"] = float(answers.value_counts(normalize=True).max()) if len(answers) else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def summarize(records: list[dict]) -> pd.DataFrame:
     """Per-query records -> accuracy with 95% CI per (method, ways, names, decoding, setting)."""
     return accuracy_table(records, ["method", "ways", "names", "decoding", "setting"])
@@ -479,7 +450,6 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
 def save_results(out_dir: str | Path, records: pd.DataFrame, summary: pd.DataFrame,
                  config: dict) -> dict[str, Path]:
     """records.csv, summary.csv/.md (accuracy and CI), table.csv/.md (the paper's shape)."""
-    from spae_lab.ablation import to_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -534,9 +504,9 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
     """The whole experiment from checkpoints: SPAE tokens (first `layers` layers), optionally an
     LQAE-style `baseline` tokenizer (one layer, no semantic loss), no-LLM references; episodes,
     LLM cache and tables under `out_dir`. Returns {"records", "summary", "table", "paths"}."""
+    from spae_lab.checkpoint import load_tokenizer
     from spae_lab.llm import load_backend
     from spae_lab.llm.cache import CachedBackend
-    from spae_lab.train import load_tokenizer
 
     config = config or FewShotConfig()
     out = Path(out_dir)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""Files on disk: atomic writes (a reader sees the old file or the complete new one, never half of
+one) and a checked safetensors read (never unpickling)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,24 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(target: str | os.PathLike, data) -> None:
     atomic_write_text(target, json.dumps(data, indent=2, sort_keys=True))
+
+
+def read_safetensors(path: str | os.PathLike, expected_format: str, error: type[Exception],
+                     what: str = "checkpoint") -> tuple[dict, dict[str, str]]:
+    """(tensors, metadata) of a safetensors file whose metadata "format" is `expected_format`;
+    `error` (one readable line) for a missing, damaged or foreign file. Safetensors, so reading it
+    runs no code (no unpickling)."""
+    from safetensors import safe_open  # torch only where tensors are read
+
+    path = Path(path)
+    if not path.exists():
+        raise error(f"no {what} at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise error(f"{path} is not a readable safetensors file: {e}") from e
+    if metadata.get("format") != expected_format:
+        raise error(f"{path} is not a spae_lab {what} (format {metadata.get('format')!r})")
+    return tensors, metadata

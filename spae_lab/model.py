@@ -19,6 +19,7 @@ from torch import nn
 
 from spae_lab.codebook import Codebook
 from spae_lab.config import ModelConfig
+from spae_lab.errors import SpaeError
 from spae_lab.pyramid import (
     PyramidError,
     PyramidLayout,
@@ -30,7 +31,7 @@ from spae_lab.pyramid import (
 )
 
 
-class ShapeError(ValueError):
+class ShapeError(SpaeError, ValueError):
     """Images whose shape does not fit the model."""
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from spae_lab.errors import SpaeError
+
 PRETRAINED_DIR = Path(__file__).parent / "assets" / "pretrained"
 
 # What each shipped name is for (the card holds the figures).
@@ -25,7 +27,7 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
-class PretrainedError(KeyError):
+class PretrainedError(SpaeError, KeyError):
     """A name that is not a shipped tokenizer."""
 
     def __str__(self) -> str:  # KeyError quotes its message; this one reads as a sentence

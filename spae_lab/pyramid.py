@@ -35,12 +35,13 @@ import torch
 from torch import nn
 
 from spae_lab.codebook import Codebook
+from spae_lab.errors import SpaeError
 
 # Extra memory of one nearest-word search chunk, in float32 elements of the (rows x V) score matrix.
 SEARCH_CHUNK_ELEMENTS = 1 << 24  # 64 MB
 
 
-class PyramidError(ValueError):
+class PyramidError(SpaeError, ValueError):
     """Token ids or text that do not fit the pyramid (wrong counts, unknown words)."""
 
 

@@ -23,8 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from spae_lab.data import _NUMBER_WORDS, _PLURALS, COLORS, SHAPES, Scene, SyntheticScenes
-from spae_lab.fewshot import DECODINGS, accuracy_table, parse_open_answer
+from spae_lab.fewshot import DECODINGS, parse_open_answer
 from spae_lab.llm.base import GenerationParams, LLMBackend
+from spae_lab.tables import accuracy_table
 
 COUNT_WORDS = _NUMBER_WORDS[1:4]  # scenes hold 1 to 3 objects
 

@@ -1,22 +1,19 @@
-"""Semantic guidance: the teacher's most relevant words become targets for the upper layers.
+"""Semantic guidance: a teacher bound to the codebook names the words the top layer should pick.
 
-SPAE (reconstructed, see shared/docs/spae-method.md section 1): for the top (semantic) layers, the
-vector that picks each token is pulled towards the teacher's top-K words for the image:
-cross-entropy of a softmax over negative squared distances to every codebook entry, with the top-K
-set as target. Here the target is the *set*: the loss is -log sum_{k in top-K} p_k, so any of the K
-words may win (the argmin lands in the set when the loss is low). K grows with depth. The weight
-follows a schedule (linear warm-up, then cosine towards `final_weight_ratio`).
+SPAE (reconstructed, see shared/docs/spae-method.md section 1): the vector that picks a semantic
+layer's token is pulled towards the teacher's top-K words for the image. The loss itself
+(`losses.semantic_loss`) and its weight schedule (`losses.warmup_cosine`) live with the other
+loss terms; this module holds the teacher side: relevance of every word, top-K targets, and
+health metrics of the words chosen.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from spae_lab.codebook import Codebook
 from spae_lab.config import SemanticConfig
-from spae_lab.pyramid import search_scores
+from spae_lab.losses import warmup_cosine
 from spae_lab.teacher import Teacher, load_teacher
 
 
@@ -44,51 +41,9 @@ class SemanticGuide:
         return self.relevance(images).topk(max(self.config.top_k), dim=1).indices
 
     def weight(self, step: int, total_steps: int) -> float:
+        """The semantic loss weight at `step` (`losses.warmup_cosine`)."""
         c = self.config
-        if step < c.warmup_steps:
-            return c.weight * (step + 1) / c.warmup_steps
-        progress = min(1.0, (step - c.warmup_steps) / max(1, total_steps - c.warmup_steps))
-        ratio = c.final_weight_ratio + (1 - c.final_weight_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return c.weight * ratio
-
-
-def semantic_loss(targets: list[torch.Tensor], table: torch.Tensor, top_ids: torch.Tensor,
-                  top_k: tuple[int, ...], temperature: float,
-                  layer_weights: tuple[float, ...] | None = None, form: str = "any") -> torch.Tensor:
-    """Mean over the semantic layers of -log P(token in the image's top-K words), each layer's
-    term multiplied by its entry of `layer_weights` (default 1).
-
-    targets: per layer (B, n, D) vectors that pick the tokens (SAQ/RQ targets, with gradient);
-    table (V, D) the codebook in search space; top_ids (B, >= max K). The logits are negative
-    squared distances divided by temperature * D (D-independent scale for unit-RMS vectors).
-    Training takes the same loss from the quantizer's own scores (`semantic_loss_from_scores`).
-    """
-    scores = [search_scores(t, table) for t in targets[: len(top_k)]]
-    return semantic_loss_from_scores(scores, top_ids, top_k, temperature, table.shape[1],
-                                     layer_weights, form)
-
-
-def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor, top_k: tuple[int, ...],
-                              temperature: float, dim: int,
-                              layer_weights: tuple[float, ...] | None = None,
-                              form: str = "any") -> torch.Tensor:
-    """`spae_lab.semantic.semantic_loss` from the quantizer's search scores (QuantizerOutput.scores),
-    so the distances to every word are computed once per step.
-
-    scores: per layer (B, n, V) t.e - ||e||^2 / 2; -||t - e||^2 = 2 * score - ||t||^2 and the
-    row constant ||t||^2 cancels in the softmax, so the logits 2 * score / (temperature * dim)
-    give exactly semantic_loss's log-probabilities. top_ids (B, >= max K).
-    """
-    weights = layer_weights or (1.0,) * len(top_k)
-    losses = []
-    for layer_scores, k, weight in zip(scores, top_k, weights, strict=True):
-        log_probs = torch.log_softmax(layer_scores * (2.0 / (temperature * dim)), dim=-1)
-        wanted = log_probs.gather(-1, top_ids[:, None, :k].expand(-1, layer_scores.shape[1], -1))
-        if form == "each":  # cross-entropy against the K words as a uniform target
-            losses.append(-weight * wanted.mean(-1).mean())
-        else:  # -log P(the chosen word is one of the K)
-            losses.append(-weight * wanted.logsumexp(-1).mean())
-    return torch.stack(losses).mean()
+        return warmup_cosine(step, total_steps, c.warmup_steps, c.weight, c.final_weight_ratio)
 
 
 @torch.no_grad()

@@ -24,18 +24,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spae_lab.codebook import Codebook, cache_dir, minilm_model_dir
-from spae_lab.io import atomic_write_path
+from spae_lab.assets import cache_dir, minilm_model_dir
+from spae_lab.codebook import Codebook
+from spae_lab.errors import SpaeError
+from spae_lab.io import atomic_write_path, read_safetensors
 
 BUILTIN_TEACHER = Path(__file__).parent / "assets" / "lit_teacher.safetensors"
 _FORMAT = "spae_lab.lit_teacher.v1"
 
 
-class TeacherError(RuntimeError):
+class TeacherError(SpaeError, RuntimeError):
     """A teacher that cannot be loaded (missing package or checkpoint, bad spec)."""
 
 
@@ -181,16 +182,7 @@ class LiTTeacher(Teacher):
     @classmethod
     def load(cls, path: str | Path, text_encoder: MiniLMTextEncoder | None = None) -> LiTTeacher:
         path = Path(path)
-        if not path.exists():
-            raise TeacherError(f"no teacher checkpoint at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:
-            raise TeacherError(f"{path} is not a readable safetensors file: {e}") from e
-        if meta.get("format") != _FORMAT:
-            raise TeacherError(f"{path} is not a spae_lab LiT teacher checkpoint")
+        tensors, meta = read_safetensors(path, _FORMAT, TeacherError, "LiT teacher checkpoint")
         try:
             tower = ImageTower(int(meta["embed_dim"]), int(meta["width"]), int(meta["image_size"]))
             tower.load_state_dict(tensors)

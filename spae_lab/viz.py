@@ -443,7 +443,7 @@ def fewshot_figure(summary):
     """
     import numpy as np
 
-    from spae_lab.fewshot import wilson_interval
+    from spae_lab.tables import wilson_interval
 
     df = summary.assign(correct=summary.accuracy * summary.queries)
     ways = sorted(df.ways.unique())

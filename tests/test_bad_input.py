@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
+from spae_lab.checkpoint import load_tokenizer, read_checkpoint, save_checkpoint
 from spae_lab.cli import _parse_sets, main, read_yaml_mapping
 from spae_lab.codebook import load_codebook
 from spae_lab.config import (
@@ -47,7 +48,7 @@ from spae_lab.data import DataError, ImageFolderDataset, _safe_member_name, load
 from spae_lab.model import SPAE, ShapeError
 from spae_lab.pyramid import PyramidError
 from spae_lab.teacher import BUILTIN_TEACHER, TeacherError, load_teacher
-from spae_lab.train import load_tokenizer, read_checkpoint, save_checkpoint, train
+from spae_lab.train import train
 
 SCRIPT = Path(sys.executable).with_name("spae-lab")
 S = 16  # the tiny preset's image size

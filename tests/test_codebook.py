@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from spae_lab import assets
 from spae_lab import codebook as codebook_module
+from spae_lab.assets import AssetError
 from spae_lab.codebook import CodebookError, load_codebook, random_codebook
 from spae_lab.config import CodebookConfig
 
@@ -114,7 +116,7 @@ def test_smollm2_codebook_for_real():
     assert "Yellow" in legacy.words and "frog" not in legacy.words
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(codebook_module.smollm2_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_model_dir())
     for token_id, word in list(zip(cb.token_ids.tolist(), cb.words, strict=True))[:200]:
         assert tokenizer.decode([token_id]) == " " + word
     norms = cb.embeddings.norm(dim=1)
@@ -122,10 +124,10 @@ def test_smollm2_codebook_for_real():
 
 
 def test_smollm2_checksum_mismatch_is_refused(cache, monkeypatch):
-    monkeypatch.setattr(codebook_module, "_verified", set())
-    monkeypatch.setattr(codebook_module, "SMOLLM2_SHA256", "0" * 64)
-    with pytest.raises(CodebookError, match="SHA-256"):
-        codebook_module.smollm2_model_dir()
+    monkeypatch.setattr(assets, "_verified", set())
+    monkeypatch.setattr(assets, "SMOLLM2_SHA256", "0" * 64)
+    with pytest.raises(AssetError, match="SHA-256"):
+        assets.smollm2_model_dir()
 
 
 def test_word_list_keeps_real_words_only(tiny_llm, cache, tmp_path):
@@ -147,8 +149,8 @@ def test_smollm2_word_starts_are_not_words():
 
 
 def test_packaged_minilm_is_verified(monkeypatch):
-    assert (codebook_module.minilm_model_dir() / "vocab.txt").exists()
-    monkeypatch.setattr(codebook_module, "_verified", set())
-    monkeypatch.setitem(codebook_module.MINILM_SHA256, "vocab.txt", "f" * 64)
-    with pytest.raises(CodebookError, match="SHA-256"):
-        codebook_module.minilm_model_dir()
+    assert (assets.minilm_model_dir() / "vocab.txt").exists()
+    monkeypatch.setattr(assets, "_verified", set())
+    monkeypatch.setitem(assets.MINILM_SHA256, "vocab.txt", "f" * 64)
+    with pytest.raises(AssetError, match="SHA-256"):
+        assets.minilm_model_dir()

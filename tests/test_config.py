@@ -71,7 +71,7 @@ def test_valid_numbers_round_trip(steps, lr):
     assert cfg.train.steps == steps and cfg.train.lr == lr
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_shipped_config_files_are_valid(path):
     import yaml

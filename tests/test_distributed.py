@@ -85,7 +85,7 @@ def test_two_gloo_processes_match_one(tmp_path):
                                    rtol=0, atol=1e-4)
     assert (ddp / "checkpoint.safetensors").exists() and (ddp / "metrics.jsonl").exists()
     # rank 0 wrote the checkpoint; it holds rank 0's weights
-    from spae_lab.train import read_checkpoint
+    from spae_lab.checkpoint import read_checkpoint
 
     tensors, metadata = read_checkpoint(ddp)
     assert metadata["step"] == "3"

@@ -10,6 +10,7 @@ import torch
 from tiny_llm import save_tiny_llama
 
 from spae_lab import fewshot
+from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from spae_lab.cli import main
 from spae_lab.codebook import load_codebook
 from spae_lab.config import create_config
@@ -23,13 +24,12 @@ from spae_lab.fewshot import (
     build_prompt,
     run_fewshot,
     sample_episodes,
-    wilson_interval,
 )
 from spae_lab.llm.base import LLMBackend
 from spae_lab.llm.cache import CachedBackend
 from spae_lab.llm.hf import HFBackend
 from spae_lab.model import SPAE
-from spae_lab.train import CHECKPOINT_NAME, save_checkpoint
+from spae_lab.tables import wilson_interval
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,8 @@ def test_wilson_interval():
 
 
 def test_the_three_decodings_end_to_end_and_resume(tiny_llm, digits, tmp_path, tokenizer_run):
+    from spae_lab.checkpoint import load_tokenizer
     from spae_lab.fewshot import TokenizerTexts, pixel_features
-    from spae_lab.train import load_tokenizer
 
     model = load_tokenizer(tokenizer_run)
     cfg = FewShotConfig(ways=(2,), settings=FROZEN_SETTINGS[:2], names=("real", "nonsense"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from spae_lab.train import read_checkpoint
+from spae_lab.checkpoint import read_checkpoint
 
 SCRIPT = Path(sys.executable).with_name("spae-lab")
 ARGS = ["train", "--preset", "tiny", "--steps", "24", "--quiet", "--set", "train.num_threads=1",

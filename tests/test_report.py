@@ -18,13 +18,12 @@ from spae_lab.report import (
     FAILED,
     SUCCEEDED,
     ReportError,
-    check_page,
-    find_chromium,
     find_notebooks,
     read_runs,
     run_reports,
     write_index,
 )
+from tests.chromium import check_page, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("spae-lab")

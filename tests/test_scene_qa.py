@@ -56,11 +56,11 @@ def test_vqa_and_captioning_run_and_score(backend):
 
 
 def test_cli_scene_qa(tmp_path, capsys):
+    from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
     from spae_lab.cli import main
     from spae_lab.codebook import load_codebook
     from spae_lab.config import create_config
     from spae_lab.model import SPAE
-    from spae_lab.train import CHECKPOINT_NAME, save_checkpoint
 
     cfg = create_config("tiny", {"semantic.enabled": False})
     save_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, SPAE(cfg.model, load_codebook(cfg.codebook)),

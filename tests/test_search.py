@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import spae_lab.pyramid as pyramid
+from spae_lab.losses import semantic_loss, semantic_loss_from_scores
 from spae_lab.pyramid import PyramidLayout, PyramidQuantizer, nearest_codes, search_scores, unit_rms
-from spae_lab.semantic import semantic_loss, semantic_loss_from_scores
 
 
 @pytest.mark.parametrize("chunk_elements", [1, 7 * 50, 1 << 24])

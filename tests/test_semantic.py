@@ -6,12 +6,8 @@ import pytest
 import torch
 
 from spae_lab.config import SemanticConfig, create_config
-from spae_lab.semantic import (
-    SemanticGuide,
-    caption_word_hits,
-    chosen_word_relevance,
-    semantic_loss,
-)
+from spae_lab.losses import semantic_loss
+from spae_lab.semantic import SemanticGuide, caption_word_hits, chosen_word_relevance
 
 
 def test_semantic_loss_matches_the_formula():

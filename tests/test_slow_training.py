@@ -35,7 +35,7 @@ def test_small_preset_learns_progressive_reconstruction_in_words(tmp_path):
                          capture_output=True, text=True).stdout
     from transformers import AutoTokenizer
 
-    from spae_lab.codebook import smollm2_model_dir
+    from spae_lab.assets import smollm2_model_dir
 
     vocab = set(AutoTokenizer.from_pretrained(smollm2_model_dir()).get_vocab())
     lines = [line for line in out.splitlines() if line.startswith("layer ")]

@@ -63,7 +63,7 @@ def test_builtin_teacher_ships_and_classifies_scenes(text_encoder):
 def test_bad_teacher_specs(tmp_path):
     with pytest.raises(TeacherError):
         load_teacher("nonsense")
-    with pytest.raises(TeacherError, match="no teacher checkpoint"):
+    with pytest.raises(TeacherError, match="no LiT teacher checkpoint"):
         load_teacher(f"lit:{tmp_path / 'missing.safetensors'}")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(TeacherError, match="not a readable"):

@@ -5,15 +5,9 @@ import json
 import pytest
 import torch
 
+from spae_lab.checkpoint import CheckpointError, load_tokenizer, read_checkpoint
 from spae_lab.config import create_config
-from spae_lab.train import (
-    CheckpointError,
-    batch_indices,
-    learning_rate,
-    load_tokenizer,
-    read_checkpoint,
-    train,
-)
+from spae_lab.train import batch_indices, learning_rate, train
 
 
 def _cfg(**overrides):

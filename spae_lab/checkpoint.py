@@ -1,0 +1,132 @@
+"""Checkpoints: one safetensors file per run, written atomically, the config in its metadata.
+
+`load_tokenizer` reads a shipped tokenizer by name, a checkpoint file or a run folder;
+`create_tokenizer` builds a fresh one from a config. Reading never unpickles: safetensors holds
+tensors and strings only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from spae_lab import pretrained
+from spae_lab.codebook import load_codebook
+from spae_lab.config import ConfigError, ExperimentConfig, config_from_dict
+from spae_lab.devices import pick_device
+from spae_lab.errors import SpaeError
+from spae_lab.io import atomic_write_path, read_safetensors
+from spae_lab.model import SPAE
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+_FORMAT = "spae_lab.checkpoint.v1"
+
+
+class CheckpointError(SpaeError, RuntimeError):
+    """A checkpoint that cannot be used: missing, corrupt, or made for another model/codebook."""
+
+
+def save_checkpoint(path: Path, model: SPAE, optimizer: torch.optim.Optimizer | None, step: int,
+                    cfg: ExperimentConfig, dtype: torch.dtype | None = None) -> None:
+    """Weights (+ AdamW state) as one safetensors file, written atomically. `dtype` (e.g. float16
+    for shipped tokenizers: half the size) stores the floating-point weights in that type; loading
+    casts them back to the model's float32."""
+    tensors = {f"model.{k}": (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+               .detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    if optimizer is not None:
+        for index, state in optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    metadata = {
+        "format": _FORMAT,
+        "config": cfg.to_json(),
+        "step": str(step),
+        "codebook_fingerprint": model.codebook.fingerprint(),
+    }
+    with atomic_write_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a checkpoint file or run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    return read_safetensors(path, _FORMAT, CheckpointError)
+
+
+def checkpoint_config(metadata: dict[str, str], source) -> ExperimentConfig:
+    """The config a checkpoint was trained with (its metadata, as JSON)."""
+    try:
+        return config_from_dict(json.loads(metadata["config"]))
+    except (KeyError, json.JSONDecodeError, ConfigError) as e:
+        reason = "no config" if isinstance(e, KeyError) else e
+        raise CheckpointError(f"{source}: unusable config in its metadata: {reason}") from e
+
+
+def checkpoint_step(metadata: dict[str, str], source) -> int:
+    try:
+        return int(metadata["step"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{source}: no valid step in its metadata") from None
+
+
+def restore_weights(model: SPAE, tensors: dict[str, torch.Tensor], metadata: dict[str, str], source) -> None:
+    if metadata.get("codebook_fingerprint") != model.codebook.fingerprint():
+        raise CheckpointError(
+            f"{source} was trained with another codebook than {model.codebook.source!r} "
+            f"(fingerprint {metadata.get('codebook_fingerprint')} != {model.codebook.fingerprint()})"
+        )
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # tensors of other shapes: another preset's weights
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), e)
+        raise CheckpointError(f"{source} does not fit this model: {first}") from None
+    missing = [k for k in missing if k != "quantizer.codebook"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    state_dict["state"] = state
+    optimizer.load_state_dict(state_dict)
+
+
+def create_tokenizer(cfg: ExperimentConfig) -> SPAE:
+    """A freshly initialised tokenizer for `cfg`, its codebook loaded (from the cache when built
+    before). `model.experiment_config` keeps the full config: its dataset, seed and teacher."""
+    model = SPAE(cfg.model, load_codebook(cfg.codebook))
+    model.experiment_config = cfg
+    return model
+
+
+def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> SPAE:
+    """A trained SPAE tokenizer (eval mode) from a shipped name (`spae_lab.pretrained.available()`:
+    "scenes", "cifar10", ...), a checkpoint file or a run folder.
+
+    A path that exists wins over a shipped name; a bare name that is neither is looked up as a run
+    folder under ./runs/.
+    """
+    path = Path(path_or_name)
+    if not path.exists() and str(path_or_name) in pretrained.available():
+        path = pretrained.weights_path(str(path_or_name))
+    elif not path.exists() and not path.is_absolute() and (Path("runs") / path).exists():
+        path = Path("runs") / path
+    tensors, metadata = read_checkpoint(path)
+    cfg = checkpoint_config(metadata, path)
+    model = create_tokenizer(cfg)
+    restore_weights(model, tensors, metadata, path)
+    return model.to(pick_device(str(device))).eval()

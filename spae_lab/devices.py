@@ -1,0 +1,82 @@
+"""Where a run computes: the device, the autocast precision, and the torchrun process group.
+
+Distributed data parallel: under `torchrun` (WORLD_SIZE > 1) every rank takes its contiguous slice
+of the step's global batch; DistributedDataParallel averages the gradients (NCCL on GPUs, gloo on
+CPUs). A plain process is rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from spae_lab.config import ConfigError, ExperimentConfig
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" (CUDA if available, else CPU) or a torch device name; ConfigError for a name torch
+    does not know or a CUDA device this machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s) (use auto or cpu)")
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 on CPU (CPUs without AMX run bf16 ~10x slower)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class DistributedContext:
+    """Where this process stands in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this call initialised the process group, so it tears it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: ExperimentConfig) -> DistributedContext:
+    """Join the torchrun job described by the environment (WORLD_SIZE, RANK, LOCAL_RANK,
+    MASTER_ADDR/PORT); a plain process gets rank 0 of 1. Backend: NCCL on CUDA, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} (the global batch) must be "
+                          f"divisible by the {world_size} processes")
+    owns = False
+    if not dist.is_initialized():
+        backend = cfg.train.distributed_backend
+        if backend == "auto":
+            backend = "nccl" if pick_device(cfg.train.device).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        owns = True
+    return DistributedContext(rank, world_size, local_rank, owns)
+
+
+def all_mean(values: list[float], ctx: DistributedContext) -> list[float]:
+    """Mean of per-rank values over ranks (each rank's loss is the mean over its equal slice, so
+    this is the loss of the global batch)."""
+    if ctx.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / ctx.world_size).tolist()
