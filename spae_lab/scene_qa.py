@@ -22,18 +22,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from spae_lab.data import _NUMBER_WORDS, _PLURALS, COLORS, SHAPES, Scene, SyntheticScenes
+from spae_lab.data import COLORS, NUMBER_WORDS, PLURALS, SHAPES, Scene, SyntheticScenes
 from spae_lab.fewshot import DECODINGS, parse_open_answer
 from spae_lab.llm.base import GenerationParams, LLMBackend
 from spae_lab.tables import accuracy_table
 
-COUNT_WORDS = _NUMBER_WORDS[1:4]  # scenes hold 1 to 3 objects
+COUNT_WORDS = NUMBER_WORDS[1:4]  # scenes hold 1 to 3 objects
 
 QUESTIONS: dict[str, tuple[str, Callable[[Scene], str], tuple[str, ...]]] = {
     # name: (question, ground truth of a scene, every possible answer)
     "colour": ("What colour is the shape?", lambda s: s.colors[0], tuple(COLORS)),
     "shape": ("What shape is it?", lambda s: s.shapes[0], SHAPES),
-    "count": ("How many shapes are there?", lambda s: _NUMBER_WORDS[s.count], COUNT_WORDS),
+    "count": ("How many shapes are there?", lambda s: NUMBER_WORDS[s.count], COUNT_WORDS),
 }
 
 
@@ -46,7 +46,7 @@ def scene_texts(to_text: Callable[[torch.Tensor], list[str]], scenes: SyntheticS
 def words_reference(text: str, answers: tuple[str, ...]) -> str | None:
     """No-LLM reference: the first image word that is a possible answer (case-insensitive)."""
     lowered = {a.lower(): a for a in answers}
-    plural = {_PLURALS.get(a, a): a for a in answers}
+    plural = {PLURALS.get(a, a): a for a in answers}
     for word in text.lower().split():
         if word in lowered:
             return lowered[word]
@@ -120,7 +120,7 @@ def caption_scores(caption: str, scene: Scene) -> dict[str, bool]:
     """Does a generated caption name the scene's colour, its shape (or plural), both, exactly?"""
     words = parse_open_answer(caption).split()
     colour = scene.colors[0] in words
-    shape = scene.shapes[0] in words or _PLURALS[scene.shapes[0]] in words
+    shape = scene.shapes[0] in words or PLURALS[scene.shapes[0]] in words
     return {"colour": colour, "shape": shape, "colour and shape": colour and shape,
             "exact caption": parse_open_answer(caption) == scene.caption.lower()}
 

@@ -13,6 +13,7 @@ import torch
 
 from spae_lab.codebook import Codebook
 from spae_lab.config import SemanticConfig
+from spae_lab.data import PLURALS
 from spae_lab.losses import warmup_cosine
 from spae_lab.teacher import Teacher, load_teacher
 
@@ -64,7 +65,7 @@ def caption_word_hits(words_per_image: list[list[str]], colors: list[str], shape
     hits = 0
     for words, color, shape in zip(words_per_image, colors, shapes, strict=True):
         lowered = {w.lower() for w in words}
-        hits += bool(lowered & {color, shape, shape + "s", shape + "es"})
+        hits += bool(lowered & {color, shape, PLURALS.get(shape, shape + "s")})
     return hits / max(1, len(words_per_image))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from torch.utils.data import DataLoader
 from spae_lab.data import (
     COLORS,
     DATASETS,
+    NUMBER_WORDS,
+    PLURALS,
     SHAPES,
     DataError,
     DigitsDataset,
@@ -31,6 +34,7 @@ from spae_lab.data import (
     render_scene,
     to_rgb,
 )
+from spae_lab.data import folders as data_folders
 
 torch.set_num_threads(1)
 
@@ -129,6 +133,22 @@ def write_tar(path: Path, files: dict[str, bytes], mode: str = "w:gz") -> Path:
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return path
+
+
+class Zeros(io.RawIOBase):
+    """A stream of `size` zero bytes, produced as read: writes a huge archive member cheaply."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
 
 
 @pytest.fixture
@@ -249,7 +269,8 @@ def test_scene_captions_match_objects() -> None:
             assert scene.caption.endswith(obj["position"])
         else:
             number = {2: "two", 3: "three"}[scene.count]
-            assert words[0] == number and words[-1].startswith(shape) and words[-1] != shape
+            assert words[0] == number == NUMBER_WORDS[scene.count]
+            assert words[-1] == PLURALS[shape] != shape
         positions = [obj["position"] for obj in scene.objects]
         assert len(set(positions)) == len(positions)  # one object per grid cell
         for obj in scene.objects:
@@ -425,6 +446,71 @@ def test_tar_with_unsafe_members_is_handled_safely(tmp_path: Path) -> None:
     only_evil = write_tar(tmp_path / "only_evil.tar.gz", {"../cat/x.png": png})
     with pytest.warns(UserWarning, match="unsafe"), pytest.raises(DataError, match="no image"):
         ImageFolderDataset(only_evil, image_size=S)
+
+
+def test_archive_with_a_huge_member_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Issue 14, item 5: a small .tar.gz holding a huge member (a decompression bomb) was read
+    whole before any check. Now the member's size is checked before reading: it is skipped like
+    any unreadable image, with its name and the limit, and memory stays bounded."""
+    huge = 200 * 2**20  # zeros: under 1 MB compressed
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("pets/cat/huge.png")
+        info.size = huge
+        tar.addfile(info, Zeros(huge))
+        png = encode(noise_rgb(8, 8), "PNG")
+        info = tarfile.TarInfo("pets/dog/fine.png")
+        info.size = len(png)
+        tar.addfile(info, io.BytesIO(png))
+    assert archive.stat().st_size < 2 * 2**20
+    expected = (r"skipped 1 unreadable image \(first: \S*bomb\.tar\.gz/pets/cat/huge\.png: archive "
+                r"member of 200 MiB is over the 64 MiB limit per image\)")
+    tracemalloc.start()
+    try:
+        with pytest.warns(UserWarning, match=expected):
+            dataset = ImageFolderDataset(archive, image_size=S)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The issue's bar is 300 MB; reading the member at all would take 200 MB.
+    assert peak < 32 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert [item["path"].rsplit("/", 2)[1] for item in dataset] == ["dog"]
+    assert dataset.skipped[0][1] == "archive member of 200 MiB is over the 64 MiB limit per image"
+
+    lazy = ImageFolderDataset(archive, image_size=S, preload=False)  # never held in memory
+    assert len(lazy) == 2 and lazy.classes == ["cat", "dog"]
+    with pytest.warns(UserWarning, match="huge.png: archive member of 200 MiB is over"):
+        assert lazy[0]["path"].endswith("dog/fine.png")
+
+
+def test_archive_size_limits_name_the_member_and_the_limit(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    png = encode(noise_rgb(8, 8), "PNG")
+    archive = write_tar(tmp_path / "pets.tar.gz", {"cat/a.png": png, "dog/b.png": png})
+    monkeypatch.setattr(data_folders, "MAX_MEMBER_BYTES", len(png) - 1)
+    with pytest.raises(DataError) as info:
+        ImageFolderDataset(archive, image_size=S)
+    message = str(info.value)
+    assert "\n" not in message and message == (
+        f"no readable image in {archive}: all 2 failed (first: {archive.as_posix()}/cat/a.png: "
+        f"archive member of {len(png):,} bytes is over the {len(png) - 1:,} bytes limit per image)")
+
+    # A header that understates the size cannot get past the limit: reads are capped too.
+    class Liar:
+        def extractfile(self, member: tarfile.TarInfo) -> io.BytesIO:
+            return io.BytesIO(bytes(10 * len(png)))
+
+    member = tarfile.TarInfo("cat/a.png")
+    member.size = 1
+    with pytest.raises(DataError, match=r"a\.png: archive member is over the [\d,]+ bytes limit"):
+        data_folders._read_member(Liar(), member, "a.png")  # type: ignore[arg-type]
+
+    # preload=False keeps the bytes: their total is bounded as well, checked before reading.
+    monkeypatch.setattr(data_folders, "MAX_MEMBER_BYTES", 64 * 2**20)
+    monkeypatch.setattr(data_folders, "MAX_HELD_BYTES", len(png))
+    with pytest.raises(DataError, match=r"cannot hold the images of .*pets\.tar\.gz in memory"):
+        ImageFolderDataset(archive, image_size=S, preload=False)
+    assert len(ImageFolderDataset(archive, image_size=S)) == 2  # preload holds one at a time
 
 
 def test_missing_empty_and_unreadable_roots(tmp_path: Path) -> None:
