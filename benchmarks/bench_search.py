@@ -57,7 +57,7 @@ def vqp_lookup(codebook: torch.Tensor):
 
 
 def methods(codebook: torch.Tensor) -> dict:
-    from spae_lab.pyramid import nearest_codes
+    from spae_lab.quantizer import nearest_codes
 
     half = 0.5 * codebook.pow(2).sum(1)
     out = {
@@ -84,7 +84,7 @@ def quantizer_memory(n: int, train: bool) -> dict:
     from spae_lab.codebook import load_codebook
     from spae_lab.config import CodebookConfig, create_config
     from spae_lab.model import SPAE
-    from spae_lab.pyramid import unit_rms
+    from spae_lab.quantizer import unit_rms
 
     model = SPAE(create_config("small").model, load_codebook(CodebookConfig()))
     quantizer, layout = model.quantizer, model.layout

@@ -74,7 +74,7 @@ def child_step(preset: str, batch_size: int, repeats: int) -> dict:
 
 def search_vs_floor(num_latents: int, codebook: torch.Tensor, repeats: int) -> dict:
     """Our nearest-word search against a bare (N x d) @ (d x V) product: the floor."""
-    from spae_lab.pyramid import nearest_codes
+    from spae_lab.quantizer import nearest_codes
 
     torch.manual_seed(0)
     targets = torch.randn(num_latents, codebook.shape[1])

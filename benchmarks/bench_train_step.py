@@ -41,7 +41,7 @@ class PlainVQAutoencoder(nn.Module):
         self.codebook = nn.Parameter(torch.randn(V, D) / D**0.5)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from spae_lab.pyramid import nearest_codes
+        from spae_lab.quantizer import nearest_codes
 
         z = self.to_codebook(self.encoder(images * 2 - 1))  # (B, D, G, G)
         B, D, G, _ = z.shape

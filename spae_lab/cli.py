@@ -98,19 +98,8 @@ def cmd_train(args) -> int:
         raise ConfigError(f"--out {out} is a file, not a run folder")
     result = train(cfg, out, resume=args.resume, progress=not args.quiet)
     if result.rank == 0:  # under torchrun, rank 0 speaks for the job
-        _print_result(result)
+        print(result.describe())
     return 0
-
-
-def _print_result(result) -> None:
-    if result.initial_psnr:
-        print("held-out PSNR per depth before training (dB):", _fmt(result.initial_psnr))
-    print(f"held-out PSNR per depth after {result.step} steps (dB): ", _fmt(result.heldout_psnr))
-    print(f"checkpoint: {result.run_dir / 'checkpoint.safetensors'}")
-
-
-def _fmt(values) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
 
 
 def _load_images(model, args):
@@ -207,144 +196,17 @@ def cmd_pretrained(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The main job: the shipped tokenizers at work (words, reconstructions, few-shot reading by
-    SmolLM2 beside the LQAE-style baseline), then every notebook on them into reports/.
-    `--train` first trains the scenes tokenizer from scratch (minutes) and uses it instead."""
-    import torch
+    from spae_lab.demo import run_demo
+    from spae_lab.report import summarize_runs
 
-    from spae_lab.checkpoint import load_tokenizer
-    from spae_lab.data import SyntheticScenes, make_dataset
-    from spae_lab.semantic import class_word_hits, random_words
-    from spae_lab.viz import save_reconstruction_figure
-
-    out = Path(args.out)
-    scenes_tokenizer, trained_steps = "scenes", None
-    if args.train:
-        trained_steps = _demo_train(args, out)
-        scenes_tokenizer = str(out)
-    else:
-        print("spae-lab demo: the pretrained tokenizers shipped with the package "
-              "(`spae-lab pretrained`; `--train` trains one from scratch first)")
-    out.mkdir(parents=True, exist_ok=True)
-
-    model = load_tokenizer(scenes_tokenizer)
-    scenes = SyntheticScenes(num_images=8, image_size=model.config.image_size, split="heldout")
-    item = scenes[0]
-    pyramid = model.encode(item["image"][None])
-    print(f"\nA held-out scene ({item['caption']}) as its pyramid of SmolLM2 words "
-          f"(tokenizer {scenes_tokenizer}):")
-    print(pyramid.describe())
-    figure = save_reconstruction_figure(model, scenes, out / "reconstruction.png")
-    print(f"reconstructions from 1..{model.num_layers} layers: {figure}")
-
-    cifar = load_tokenizer("cifar10")
-    sample = make_dataset("cifar10-sample", cifar.config.image_size)
-    images = torch.stack([sample[i]["image"] for i in range(len(sample))])
-    texts = [cifar.encode(images[i : i + 100]) for i in range(0, len(sample), 100)]
-    words = [batch.to_text(num_layers=2, image=i).split() for batch in texts for i in range(len(batch))]
-    names = [sample.classes[k] for k in sample.labels]
-    print("\nCIFAR-10 images the tokenizers never trained on, as their first 5 words "
-          "(tokenizer cifar10; the first image of each class):")
-    for name in sample.classes:
-        i = names.index(name)
-        print(f"  {name:10s} -> {' '.join(words[i])}")
-    chance = class_word_hits(random_words(cifar.codebook, len(names)), names)
-    print(f"  the class name (or a plain synonym) is among the first 5 words for "
-          f"{100 * class_word_hits(words, names):.0f}% of the {len(names)} sample images "
-          f"(5 random codebook words: {100 * chance:.1f}%)")
-    subset = [sample[i] for i in range(0, len(sample), len(sample) // 8)][:8]
-    figure = save_reconstruction_figure(cifar, subset, out / "reconstruction_cifar10.png")
-    print(f"reconstructions from 1..{cifar.num_layers} layers: {figure}")
-
-    if not args.no_fewshot:
-        _demo_fewshot(args, out / "fewshot")
-    if args.no_reports:
+    runs = run_demo(args.out, train_first=args.train, steps=args.steps, minutes=args.minutes,
+                    fresh=args.fresh, episodes=args.episodes, fewshot=not args.no_fewshot,
+                    reports_dir=None if args.no_reports else args.reports,
+                    notebook_timeout=args.notebook_timeout, progress=not args.quiet)
+    if runs is None:
         return 0
-
-    from spae_lab.report import find_notebooks, run_reports
-
-    # Each notebook takes the parameters it declares: the tour, token-pyramid and reconstruction
-    # notebooks read the scenes tokenizer, the few-shot notebook the cifar10 pair on the shipped
-    # CIFAR-10 sample (and reuses the demo's LLM answers).
-    parameters = {"checkpoints": [scenes_tokenizer], "scene_checkpoint": scenes_tokenizer}
-    per_notebook = {name: {"checkpoint": scenes_tokenizer}
-                    for name in ("01_tour", "02_token_pyramid")}
-    if trained_steps is not None:  # the training notebook shows this run's curves (it is finished)
-        per_notebook["04_training"] = {"preset": "small", "steps": trained_steps, "out_dir": str(out)}
-    if not args.no_fewshot:  # the same experiment as above: the notebook asks the LLM nothing new
-        per_notebook["05_fewshot"] = {
-            "results_dir": str(out / "fewshot"), "ways": [2, 5], "settings": DEMO_SETTING,
-            "episodes": args.episodes, "names": ["real"], "decodings": ["likelihood"],
-            "references": ["teacher"]}
-    print(f"\nRunning the notebooks into {args.reports}/ ...")
-    runs = run_reports(find_notebooks(), parameters, per_notebook, reports_dir=args.reports,
-                       tag="demo", timeout=args.notebook_timeout)
-    return _print_reports(runs, args.reports)
-
-
-def _demo_train(args, out: Path) -> int:
-    """Train the shipped scenes recipe from scratch into `out` (a finished run is reused); returns
-    the run's steps."""
-    from spae_lab.checkpoint import CheckpointError
-    from spae_lab.runs import has_checkpoint
-    from spae_lab.train import train
-
-    recipe = Path(__file__).parent / "assets" / "pretrained" / "scenes.json"
-    overrides = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
-    overrides.pop("preset", None)
-    overrides.setdefault("train", {})["num_threads"] = None  # every core of this machine
-    if args.steps is not None:
-        overrides["train"]["steps"] = args.steps
-    if args.minutes is not None:
-        overrides["train"]["max_minutes"] = args.minutes
-    cfg = create_config("small", overrides)
-    resume = has_checkpoint(out) and not args.fresh
-    print(f"Training the scenes tokenizer from scratch ({cfg.train.steps} steps, "
-          f"{cfg.model.image_size}px, frozen SmolLM2 codebook); run folder {out}"
-          + (" (continuing from its checkpoint; --fresh starts over)" if resume else ""))
-    try:
-        result = train(cfg, out, resume=resume, progress=not args.quiet)
-    except CheckpointError as e:
-        if not resume:
-            raise
-        print(f"{out} holds a checkpoint this version cannot continue ({e}); training from scratch")
-        result = train(cfg, out, resume=False, progress=not args.quiet)
-    _print_result(result)
-    return result.step
-
-
-# Frozen's setting the demo shows: the best of the 7 for SPAE words, 2-way, on the validation split
-# (2-way 81%, 5-way 51%; one example per class, T-1s-0r, gave 62% and 41%).
-DEMO_SETTING = "T-3s-0r"
-
-
-def _demo_fewshot(args, out: Path) -> None:
-    """Few-shot classification of the shipped CIFAR-10 sample by SmolLM2: SPAE's 5 words against
-    the LQAE-style baseline's 64, with 95% intervals and chance beside them."""
-    from spae_lab.fewshot import FewShotConfig, run_experiment, select_settings
-
-    config = FewShotConfig(ways=(2, 5), settings=select_settings(DEMO_SETTING), names=("real",),
-                           decodings=("likelihood",), episodes=args.episodes)
-    print(f"\nFew-shot classification by SmolLM2 of the CIFAR-10 sample ({args.episodes} episodes "
-          f"per way, {DEMO_SETTING}: task induction and 3 examples per class, likelihood ranking; "
-          f"{out}):")
-    result = run_experiment(out, "cifar10", baseline="cifar10-lqae", dataset="cifar10-sample",
-                            max_per_class=None, references=("teacher",), config=config,
-                            progress=not args.quiet)
-    for row in result["summary"].itertuples():
-        chance = 1 / row.ways
-        verdict = "above chance" if row.ci_low > chance else "NOT above chance"
-        print(f"  {row.ways}-way {row.method:32s} {100 * row.accuracy:5.1f}% "
-              f"[{100 * row.ci_low:.1f}-{100 * row.ci_high:.1f}] (chance {100 * chance:.0f}%: {verdict})")
-
-
-def _print_reports(runs, reports_dir) -> int:
-    failed = [r for r in runs if r.status != "succeeded"]
-    print(f"\nreports: {len(runs) - len(failed)} succeeded, {len(failed)} failed; "
-          f"index: {Path(reports_dir) / 'index.html'}")
-    for run in runs:
-        print(f"  {run.status:9s} {run.html}" + (f"  ({run.error})" if run.error else ""))
-    return 1 if failed else 0
+    print(summarize_runs(runs, args.reports))
+    return 1 if any(r.status != "succeeded" for r in runs) else 0
 
 
 def cmd_report(args) -> int:
@@ -353,6 +215,7 @@ def cmd_report(args) -> int:
         load_parameters_file,
         notebook_parameters,
         run_reports,
+        summarize_runs,
         write_index,
     )
 
@@ -370,7 +233,8 @@ def cmd_report(args) -> int:
     parameters.update(_parse_sets(args.param or []))
     runs = run_reports(notebooks, parameters, per_notebook, reports_dir=args.out, tag=args.tag,
                        hide_code=not args.show_code, timeout=args.timeout)
-    return _print_reports(runs, args.out)
+    print(summarize_runs(runs, args.out))
+    return 1 if any(r.status != "succeeded" for r in runs) else 0
 
 
 def cmd_train_teacher(args) -> int:
@@ -404,7 +268,8 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_fewshot(args) -> int:
-    from spae_lab.fewshot import FewShotConfig, run_experiment, select_settings
+    from spae_lab.episodes import FewShotConfig, select_settings
+    from spae_lab.fewshot import run_experiment
 
     config = FewShotConfig(ways=tuple(args.ways), settings=select_settings(args.settings), names=tuple(args.names),
                            decodings=tuple(args.decoding), prompt_format=args.format,
@@ -428,35 +293,17 @@ def cmd_fewshot(args) -> int:
 
 def cmd_scene_qa(args) -> int:
     from spae_lab.checkpoint import load_tokenizer
-    from spae_lab.fewshot import TokenizerTexts
-    from spae_lab.llm import load_backend
-    from spae_lab.llm.cache import CachedBackend
-    from spae_lab.scene_qa import run_captioning, run_vqa
+    from spae_lab.scene_qa import run_scene_qa
     from spae_lab.tables import to_markdown
 
-    model = load_tokenizer(args.tokenizer)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    llm = CachedBackend(load_backend(args.backend), out / "llm_cache.sqlite")
-    reader = TokenizerTexts(model, args.layers)
-    size = model.config.image_size
-    try:
-        _, vqa = run_vqa(reader, llm, num_examples=args.examples, num_queries=args.queries,
-                         decodings=tuple(args.decoding), seed=args.seed, image_size=size,
-                         progress=not args.quiet)
-        captions, caption_scores = run_captioning(reader, llm, num_examples=args.examples,
-                                                  num_queries=args.queries, seed=args.seed,
-                                                  image_size=size)
-    finally:
-        llm.close()
-    vqa.to_csv(out / "vqa.csv", index=False)
-    caption_scores.to_csv(out / "captioning.csv", index=False)
-    captions.to_csv(out / "captions.csv", index=False)
+    result = run_scene_qa(load_tokenizer(args.tokenizer), args.backend, args.out, layers=args.layers,
+                          num_examples=args.examples, num_queries=args.queries,
+                          decodings=tuple(args.decoding), seed=args.seed, progress=not args.quiet)
     print("VQA on held-out scenes (accuracy, 95% CI):")
-    print(to_markdown(vqa.round(3)))
+    print(to_markdown(result["vqa"].round(3)))
     print("Captioning (fraction of captions naming ...):")
-    print(to_markdown(caption_scores.round(3)))
-    print(f"captions and tables in {out}")
+    print(to_markdown(result["captioning"].round(3)))
+    print(f"captions and tables in {args.out}")
     return 0
 
 

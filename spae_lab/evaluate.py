@@ -11,15 +11,15 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from spae_lab.data import collate
-from spae_lab.metrics import psnr
-from spae_lab.model import SPAE
-from spae_lab.pyramid import codebook_usage
-from spae_lab.semantic import (
-    SemanticGuide,
+from spae_lab.metrics import (
     caption_word_hits,
     chosen_word_relevance,
     class_word_hits,
+    codebook_usage,
+    psnr,
 )
+from spae_lab.model import SPAE
+from spae_lab.semantic import SemanticGuide
 
 
 @torch.no_grad()

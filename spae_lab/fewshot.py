@@ -19,12 +19,9 @@ repeats) = (no, 1, 0), (yes, 1, 0), (yes, 3, 0), (yes, 5, 0), (yes, 1, 1), (yes,
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
-import string
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -32,125 +29,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spae_lab.errors import SpaeError
+from spae_lab.episodes import (
+    FROZEN_SETTINGS,
+    NONSENSE_NAMES,
+    Episode,
+    FewShotConfig,
+    FewShotError,
+    Setting,
+    image_keys,
+    load_episodes,
+    prepare_episodes,
+)
 from spae_lab.io import atomic_write_text
+from spae_lab.llm.answer import choose
 from spae_lab.llm.base import GenerationParams, LLMBackend
 from spae_lab.tables import accuracy_table, to_markdown
 
-
-class FewShotError(SpaeError, ValueError):
-    """An experiment that cannot run as asked: too few images per class, a stale episodes file."""
-
-
-DECODINGS = ("likelihood", "constrained", "open")
 PROMPT_FORMATS = ("spae", "v2l")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One column of Frozen's table."""
-
-    induction: bool
-    shots: int  # inner shots: distinct support images per class
-    repeats: int  # extra copies of the whole support set
-
-    @property
-    def label(self) -> str:
-        return f"{'T' if self.induction else 'noT'}-{self.shots}s-{self.repeats}r"
-
-
-FROZEN_SETTINGS = (Setting(False, 1, 0), Setting(True, 1, 0), Setting(True, 3, 0),
-                   Setting(True, 5, 0), Setting(True, 1, 1), Setting(True, 1, 3),
-                   Setting(True, 1, 5))
-
-def select_settings(spec: str) -> tuple[Setting, ...]:
-    """Settings by name: "frozen7" (all 7), "quick" (T-1s-0r) or comma-separated labels such as
-    "T-3s-0r" or "noT-1s-0r,T-5s-0r"."""
-    if spec == "frozen7":
-        return FROZEN_SETTINGS
-    if spec == "quick":
-        return FROZEN_SETTINGS[1:2]
-    by_label = {s.label: s for s in FROZEN_SETTINGS}
-    labels = [part.strip() for part in spec.split(",") if part.strip()]
-    unknown = [label for label in labels if label not in by_label]
-    if unknown or not labels:
-        raise FewShotError(f"unknown setting(s) {unknown or spec!r}: use frozen7, quick or labels "
-                           f"among {', '.join(by_label)}")
-    return tuple(by_label[label] for label in labels)
-
-
-# Frozen's nonsense names (Tsimpoukelli et al. 2021), extended for more ways.
-NONSENSE_NAMES = ("dax", "blicket", "slation", "perpo", "shously", "wug", "toma", "fep",
-                  "zorb", "kiki")
-
-
-# --- episodes -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Episode:
-    """Image keys (dataset paths or indices) of one episode; `classes` are dataset class ids."""
-
-    ways: int
-    shots: int
-    classes: list[int]
-    support: list[tuple[str, int]]  # (image key, position in `classes`), in prompt order
-    queries: list[tuple[str, int]]
-
-
-def image_keys(dataset) -> list[str]:
-    """A stable key per image: its relative path for folders, else its index."""
-    paths = getattr(dataset, "paths", None)
-    if paths is not None:
-        return [str(p) for p in paths]
-    return [str(i) for i in range(len(dataset))]
-
-
-def dataset_labels(dataset) -> list[int]:
-    labels = getattr(dataset, "labels", None)
-    if labels is not None:
-        return [int(x) for x in labels]
-    return [int(dataset[i]["label"]) for i in range(len(dataset))]
-
-
-def sample_episodes(labels: Sequence[int], keys: Sequence[str], ways: int, shots: int,
-                    count: int, seed: int) -> list[Episode]:
-    """`count` episodes: `ways` random classes, `shots` support + 1 query image each, disjoint."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
-    eligible = sorted(c for c, items in by_class.items() if len(items) >= shots + 1)
-    if len(eligible) < ways:
-        raise FewShotError(f"{ways}-way {shots}-shot episodes need {ways} classes with at least "
-                         f"{shots + 1} images; the dataset has {len(eligible)}")
-    rng = random.Random(f"{seed}-{ways}-{shots}")
-    episodes = []
-    for _ in range(count):
-        classes = rng.sample(eligible, ways)
-        support, queries = [], []
-        for pos, c in enumerate(classes):
-            picked = rng.sample(by_class[c], shots + 1)
-            support += [(keys[i], pos) for i in picked[:shots]]
-            queries.append((keys[picked[shots]], pos))
-        rng.shuffle(support)
-        rng.shuffle(queries)
-        episodes.append(Episode(ways, shots, classes, support, queries))
-    return episodes
-
-
-def save_episodes(path: str | Path, episodes: dict[str, list[Episode]], meta: dict) -> None:
-    data = {"meta": meta, "episodes": {k: [asdict(e) for e in v] for k, v in episodes.items()}}
-    atomic_write_text(path, json.dumps(data, indent=1))
-
-
-def load_episodes(path: str | Path) -> tuple[dict[str, list[Episode]], dict]:
-    data = json.loads(Path(path).read_text())
-    episodes = {
-        k: [Episode(e["ways"], e["shots"], e["classes"], [tuple(s) for s in e["support"]],
-                    [tuple(q) for q in e["queries"]]) for e in v]
-        for k, v in data["episodes"].items()
-    }
-    return episodes, data["meta"]
 
 
 # --- prompts --------------------------------------------------------------------------------------
@@ -171,7 +66,7 @@ def build_prompt(support: Sequence[tuple[str, str]], query_texts: Sequence[str],
     """(prefix shared by every query, one query string per query image).
 
     `support` holds (image text, class name) in prompt order; the LLM's answer continues the query
-    with " <name>" (see `answer_continuations`).
+    with " <name>" (see `llm.answer.choose`).
     """
     examples = list(support) * (setting.repeats + 1)
     if prompt_format == "spae":
@@ -188,16 +83,6 @@ def build_prompt(support: Sequence[tuple[str, str]], query_texts: Sequence[str],
     raise FewShotError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
 
 
-def answer_continuations(names: Sequence[str]) -> list[str]:
-    return [" " + n for n in names]
-
-
-def parse_open_answer(text: str) -> str:
-    """Generated text -> a candidate name: first line, lower case, no surrounding punctuation."""
-    text = text.strip().splitlines()[0] if text.strip() else ""
-    return text.strip(string.punctuation + " ").lower()
-
-
 # The image text of the content-free query (Zhao et al. 2021, "Calibrate before use").
 CONTENT_FREE_TEXT = "N/A"
 CALIBRATIONS = ("content-free", "none")
@@ -205,32 +90,10 @@ CALIBRATIONS = ("content-free", "none")
 
 def predict(backend: LLMBackend, prefix: str, queries: Sequence[str], names: Sequence[str],
             decoding: str, content_free: str | None = None) -> list[int | None]:
-    """Index into `names` of each query's answer; None when an open answer names no class.
-
-    Likelihood ranking sums the log-probabilities of each name's tokens. With `content_free` (the
-    query string of an image text that says nothing, e.g. "Image: N/A. This is a"), each name's
-    score given that query is subtracted first: a name the prompt favours whatever the image
-    (a short one, the last one shown) loses its head start, and names of different token counts
-    compete fairly (contextual calibration, Zhao et al. 2021)."""
-    continuations = answer_continuations(names)
-    if decoding == "likelihood":
-        asked = list(queries) + ([content_free] if content_free is not None else [])
-        scores = backend.score_shared_prefix(prefix, asked, continuations)
-        if content_free is not None:
-            prior = scores[-1]
-            scores = [[s - p for s, p in zip(row, prior, strict=True)] for row in scores[:-1]]
-        return [max(range(len(names)), key=row.__getitem__) for row in scores]
-    if decoding == "constrained":
-        answers = backend.generate_shared_prefix(prefix, list(queries), GenerationParams(
-            max_new_tokens=8, stop=("\n", ".")), choices=continuations)
-        return [continuations.index(a) if a in continuations else None for a in answers]
-    if decoding == "open":
-        answers = backend.generate_shared_prefix(prefix, list(queries), GenerationParams(
-            max_new_tokens=8, stop=("\n", ".", "#")))
-        lowered = [n.lower() for n in names]
-        parsed = [parse_open_answer(a) for a in answers]
-        return [lowered.index(p) if p in lowered else None for p in parsed]
-    raise FewShotError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    """Index into `names` of each query's answer (`llm.answer.choose`); None when an open answer
+    names no class. Generation stops at a line end, a full stop or a '#'."""
+    params = GenerationParams(max_new_tokens=8, stop=("\n", ".", "#"))
+    return choose(backend, prefix, queries, names, decoding, params, content_free)
 
 
 # --- image -> text --------------------------------------------------------------------------------
@@ -328,57 +191,6 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
 # --- the experiment -------------------------------------------------------------------------------
 
 
-@dataclass
-class FewShotConfig:
-    """One few-shot experiment; every field is recorded beside its results."""
-
-    ways: tuple[int, ...] = (2, 5)
-    settings: tuple[Setting, ...] = FROZEN_SETTINGS
-    names: tuple[str, ...] = ("real", "nonsense")
-    decodings: tuple[str, ...] = ("likelihood",)
-    prompt_format: str = "spae"
-    episodes: int = 20  # per (ways, shots); each has one query per class
-    seed: int = 0
-    # likelihood ranking: "content-free" subtracts each name's score for an empty image text
-    # (`predict`); "none" ranks raw summed log-probabilities (nonsense 2-way T-1s-0r: "dax" won
-    # 100% of queries that way)
-    calibration: str = "content-free"
-
-
-def episode_sets(labels, keys, cfg: FewShotConfig) -> dict[str, list[Episode]]:
-    """Episodes per (ways, shots); settings that differ only in repeats/induction share them."""
-    out = {}
-    for ways in cfg.ways:
-        for shots in sorted({s.shots for s in cfg.settings}):
-            out[f"{ways}way-{shots}shot"] = sample_episodes(labels, keys, ways, shots,
-                                                            cfg.episodes, cfg.seed)
-    return out
-
-
-def dataset_fingerprint(keys: Sequence[str], labels: Sequence[int]) -> str:
-    payload = json.dumps([list(keys), list(labels)]).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]
-
-
-def prepare_episodes(dataset, cfg: FewShotConfig, path: str | Path | None
-                     ) -> dict[str, list[Episode]]:
-    """Load the episodes file if it matches this dataset and config, else sample and save it."""
-    keys, labels = image_keys(dataset), dataset_labels(dataset)
-    meta = {"dataset": dataset_fingerprint(keys, labels), "ways": list(cfg.ways),
-            "shots": sorted({s.shots for s in cfg.settings}), "episodes": cfg.episodes,
-            "seed": cfg.seed}
-    if path is not None and Path(path).exists():
-        episodes, saved = load_episodes(path)
-        if saved == meta:
-            return episodes
-        raise FewShotError(f"{path} holds episodes of another dataset or config ({saved}); "
-                         f"expected {meta}: pass another episodes file or delete it")
-    episodes = episode_sets(labels, keys, cfg)
-    if path is not None:
-        save_episodes(path, episodes, meta)
-    return episodes
-
-
 def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]],
                 backend: LLMBackend, cfg: FewShotConfig, episodes_path: str | Path | None = None,
                 references: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
@@ -439,6 +251,20 @@ def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]]
                     record(f"word overlap {method} (no LLM)", w, "-", "-", setting, i, episode,
                            preds)
     return pd.DataFrame(records), summarize(records), texts
+
+
+def first_prompt(result: dict, out_dir: str | Path, config: FewShotConfig, method: str = "SPAE") -> str:
+    """The whole prompt of the first query of the first episode of `run_experiment`'s result (in
+    its first setting, names and format), as the LLM read it."""
+    episode_sets, _ = load_episodes(Path(out_dir) / "episodes.json")
+    setting = config.settings[0]
+    episode = episode_sets[f"{config.ways[0]}way-{setting.shots}shot"][0]
+    shown = class_names(episode, result["classes"], config.names[0])
+    texts = result["texts"][method]
+    prefix, queries = build_prompt([(texts[k], shown[p]) for k, p in episode.support],
+                                   [texts[k] for k, _ in episode.queries], shown, setting,
+                                   config.prompt_format)
+    return prefix + queries[0]
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:

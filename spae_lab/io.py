@@ -70,7 +70,7 @@ def read_safetensors(path: str | os.PathLike, expected_format: str, error: type[
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for damaged files
-        raise error(f"{path} is not a readable safetensors file: {e}") from e
+        raise error(f"{path} is not a readable safetensors {what}: {e}") from e
     if metadata.get("format") != expected_format:
         raise error(f"{path} is not a spae_lab {what} (format {metadata.get('format')!r})")
     return tensors, metadata

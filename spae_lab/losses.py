@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from spae_lab.config import ExperimentConfig, LossConfig
-from spae_lab.pyramid import search_scores
+from spae_lab.quantizer import search_scores
 
 
 def image_gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -20,15 +20,8 @@ from torch import nn
 from spae_lab.codebook import Codebook
 from spae_lab.config import ModelConfig
 from spae_lab.errors import SpaeError
-from spae_lab.pyramid import (
-    PyramidError,
-    PyramidLayout,
-    PyramidQuantizer,
-    QuantizerOutput,
-    TokenPyramid,
-    standardize,
-    unit_rms,
-)
+from spae_lab.pyramid import PyramidError, PyramidLayout, TokenPyramid
+from spae_lab.quantizer import PyramidQuantizer, QuantizerOutput, standardize, unit_rms
 
 
 class ShapeError(SpaeError, ValueError):
@@ -226,6 +219,12 @@ class SPAE(nn.Module):
         device = next(self.parameters()).device
         latents = self.quantizer.dequantize([i.to(device) for i in pyramid.ids], num_layers)
         return ((self.decode_latents(latents) + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def decode_every_depth(self, pyramid: TokenPyramid) -> torch.Tensor:
+        """Decodes from the first 1, 2, ..., L layers: (L, B, 3, S, S) in [0, 1], the rows of a
+        reconstruction grid and of a PSNR-per-depth table."""
+        return torch.stack([self.decode(pyramid, d) for d in range(1, len(pyramid.ids) + 1)])
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:

@@ -361,6 +361,15 @@ def run_reports(notebooks: Sequence[str | os.PathLike], parameters: dict | None 
     return runs
 
 
+def summarize_runs(runs: Sequence[ReportRun], reports_dir: str | os.PathLike = "reports") -> str:
+    """A few lines for the terminal: how many succeeded, where the index is, each page or error."""
+    failed = [r for r in runs if r.status != SUCCEEDED]
+    lines = [f"\nreports: {len(runs) - len(failed)} succeeded, {len(failed)} failed; "
+             f"index: {Path(reports_dir) / 'index.html'}"]
+    lines += [f"  {run.status:9s} {run.html}" + (f"  ({run.error})" if run.error else "") for run in runs]
+    return "\n".join(lines)
+
+
 # --- the index --------------------------------------------------------------------------------------
 
 

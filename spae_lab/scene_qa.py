@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from spae_lab.data import COLORS, NUMBER_WORDS, PLURALS, SHAPES, Scene, SyntheticScenes
-from spae_lab.fewshot import DECODINGS, parse_open_answer
+from spae_lab.llm.answer import DECODINGS, choose, parse_open_answer
 from spae_lab.llm.base import GenerationParams, LLMBackend
 from spae_lab.tables import accuracy_table
 
@@ -57,20 +58,9 @@ def words_reference(text: str, answers: tuple[str, ...]) -> str | None:
 
 def _answer(backend: LLMBackend, prefix: str, queries: list[str], answers: tuple[str, ...],
             decoding: str) -> list[str | None]:
-    continuations = [" " + a for a in answers]
-    if decoding == "likelihood":
-        scores = backend.score_shared_prefix(prefix, queries, continuations)
-        return [answers[max(range(len(answers)), key=row.__getitem__)] for row in scores]
-    if decoding == "constrained":
-        out = backend.generate_shared_prefix(prefix, queries, GenerationParams(max_new_tokens=6),
-                                             choices=continuations)
-        return [answers[continuations.index(a)] if a in continuations else None for a in out]
-    if decoding == "open":
-        out = backend.generate_shared_prefix(prefix, queries, GenerationParams(
-            max_new_tokens=6, stop=("\n", ".")))
-        parsed = [parse_open_answer(a) for a in out]
-        return [p if p in answers else None for p in parsed]
-    raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    chosen = choose(backend, prefix, queries, answers, decoding,
+                    GenerationParams(max_new_tokens=6, stop=("\n", ".")))
+    return [None if i is None else answers[i] for i in chosen]
 
 
 def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
@@ -147,3 +137,37 @@ def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBac
                      "truth": scene.caption} | scores)
         records += [{"criterion": k, "correct": v} for k, v in scores.items()]
     return pd.DataFrame(rows), accuracy_table(records, ["criterion"])
+
+
+def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, layers: int = 2,
+                 num_examples: int = 8, num_queries: int = 60, num_captions: int | None = None,
+                 decodings: tuple[str, ...] = DECODINGS, seed: int = 0,
+                 progress: bool = True) -> dict[str, pd.DataFrame]:
+    """VQA and captioning of held-out scenes by an LLM reading `model`'s first `layers` layers.
+
+    The LLM's answers are cached in `out_dir/llm_cache.sqlite` (a rerun asks nothing new); the
+    tables go to vqa.csv, captioning.csv and captions.csv there. Returns {"vqa", "captioning",
+    "captions"} (`num_captions` scenes are captioned, default `num_queries`).
+    """
+    from spae_lab.fewshot import TokenizerTexts
+    from spae_lab.llm import load_backend
+    from spae_lab.llm.cache import CachedBackend
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    llm = CachedBackend(load_backend(backend) if isinstance(backend, str) else backend,
+                        out_dir / "llm_cache.sqlite")
+    reader = TokenizerTexts(model, layers)
+    size = model.config.image_size
+    try:
+        _, vqa = run_vqa(reader, llm, num_examples=num_examples, num_queries=num_queries,
+                         decodings=decodings, seed=seed, image_size=size, progress=progress)
+        captions, captioning = run_captioning(reader, llm, num_examples=num_examples,
+                                              num_queries=num_captions or num_queries, seed=seed,
+                                              image_size=size)
+    finally:
+        llm.close()
+    vqa.to_csv(out_dir / "vqa.csv", index=False)
+    captioning.to_csv(out_dir / "captioning.csv", index=False)
+    captions.to_csv(out_dir / "captions.csv", index=False)
+    return {"vqa": vqa, "captioning": captioning, "captions": captions}

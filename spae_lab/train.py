@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,16 @@ class TrainResult:
     initial_psnr: list[float] | None = None  # per depth before training (None when resumed)
     history: list[dict] = field(default_factory=list)
     rank: int = 0  # process rank under torchrun (only rank 0 holds evaluations and writes files)
+
+    def describe(self) -> str:
+        """Held-out PSNR per depth before (when the run started here) and after, and the checkpoint."""
+        def fmt(values: list[float]) -> str:
+            return " ".join(f"{v:.2f}" for v in values)
+
+        lines = [f"held-out PSNR per depth before training (dB): {fmt(self.initial_psnr)}"] if self.initial_psnr else []
+        lines.append(f"held-out PSNR per depth after {self.step} steps (dB):  {fmt(self.heldout_psnr)}")
+        lines.append(f"checkpoint: {self.run_dir / CHECKPOINT_NAME}")
+        return "\n".join(lines)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -133,15 +144,22 @@ def build_guide(cfg: ExperimentConfig, model: SPAE, device) -> SemanticGuide | N
 
 
 def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str = False,
-          progress: bool = True, stop_at: int | None = None) -> TrainResult:
+          progress: bool = True, stop_at: int | None = None,
+          on_record: Callable[[list[dict]], object] | None = None,
+          on_figure: Callable[[SPAE, Dataset, Path], object] | None = None) -> TrainResult:
     """Train an SPAE tokenizer; writes checkpoint, metrics.jsonl, config.json and figures.
+
+    Callbacks (rank 0 only): `on_record(history)` after every log or evaluation record (a live
+    plot: `viz.LiveLossPlot.update`); `on_figure(model, heldout, path)` writes the figure at
+    `path` every `train.figure_every` steps (default: `viz.save_reconstruction_figure`).
 
     `resume=True` continues from the run folder's checkpoint (warning when there is none);
     `resume="auto"` continues when there is one and starts quietly otherwise. `stop_at` ends the
     run after that step with a checkpoint, as an interruption would (the schedule still targets
     `train.steps`).
     """
-    from spae_lab.viz import save_reconstruction_figure  # matplotlib only when training
+    if on_figure is None:
+        from spae_lab.viz import save_reconstruction_figure as on_figure  # matplotlib when training
 
     run_dir = Path(run_dir)
     if cfg.train.num_threads:
@@ -184,6 +202,13 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
     local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's part of the batch
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no empty folder
     history, initial = [], None
+
+    def keep(record: dict) -> None:  # rank 0: into the history, metrics.jsonl and the callback
+        history.append(record)
+        append_metrics(metrics_path, record)
+        if on_record is not None:
+            on_record(history)
+
     if resuming:
         restore_weights(model, tensors, metadata, checkpoint_path)
         try:
@@ -199,8 +224,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
         if ctx.is_main:
             metrics_path.unlink(missing_ok=True)
             initial = evaluate(model, heldout, guide=guide)
-            history.append({"step": 0, "eval": initial})
-            append_metrics(metrics_path, history[-1])
+            keep({"step": 0, "eval": initial})
     if ctx.is_main:
         (run_dir / "config.json").write_text(cfg.to_json())
 
@@ -236,8 +260,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
                       **{k: round(v, 5) for k, v in zip(names, values[1:], strict=True)},
                       "relative_error": [round(v, 4) for v in rel_err]}
             if ctx.is_main:
-                history.append(record)
-                append_metrics(metrics_path, record)
+                keep(record)
             bar.set_postfix(loss=f"{values[0]:.4f}")
         out_of_time = deadline is not None and time.monotonic() > deadline
         if deadline is not None and ctx.world_size > 1:  # every rank stops at rank 0's step
@@ -247,11 +270,10 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
         out_of_time = out_of_time or done == stop_at
         last = done == cfg.train.steps or out_of_time
         if ctx.is_main and (done % cfg.train.eval_every == 0 or last):
-            history.append({"step": done, "eval": evaluate(model, heldout, guide=guide)})
-            append_metrics(metrics_path, history[-1])
+            keep({"step": done, "eval": evaluate(model, heldout, guide=guide)})
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{history[-1]['eval']['psnr'][-1]:.2f}")
         if ctx.is_main and (done % cfg.train.figure_every == 0 or last):
-            save_reconstruction_figure(model, heldout, run_dir / "figures" / f"step_{done:06d}.png")
+            on_figure(model, heldout, run_dir / "figures" / f"step_{done:06d}.png")
         if ctx.is_main and (done % cfg.train.checkpoint_every == 0 or last):
             save_checkpoint(checkpoint_path, model, optimizer, done, cfg)
         step = done

@@ -15,16 +15,16 @@ from spae_lab.cli import main
 from spae_lab.codebook import load_codebook
 from spae_lab.config import create_config
 from spae_lab.data import make_dataset
-from spae_lab.fewshot import (
-    DECODINGS,
+from spae_lab.episodes import (
     FROZEN_SETTINGS,
     FewShotConfig,
     FewShotError,
     Setting,
-    build_prompt,
-    run_fewshot,
+    prepare_episodes,
     sample_episodes,
 )
+from spae_lab.fewshot import build_prompt, run_fewshot
+from spae_lab.llm.answer import DECODINGS
 from spae_lab.llm.base import LLMBackend
 from spae_lab.llm.cache import CachedBackend
 from spae_lab.llm.hf import HFBackend
@@ -176,9 +176,9 @@ def test_the_three_decodings_end_to_end_and_resume(tiny_llm, digits, tmp_path, t
 
 def test_stale_episode_file_is_refused(digits, tmp_path):
     path = tmp_path / "episodes.json"
-    fewshot.prepare_episodes(digits, FewShotConfig(ways=(2,), episodes=2), path)
+    prepare_episodes(digits, FewShotConfig(ways=(2,), episodes=2), path)
     with pytest.raises(FewShotError, match="another dataset or config"):
-        fewshot.prepare_episodes(digits, FewShotConfig(ways=(2,), episodes=3), path)
+        prepare_episodes(digits, FewShotConfig(ways=(2,), episodes=3), path)
 
 
 def test_cli_fewshot(tiny_llm, tokenizer_run, tmp_path, capsys):

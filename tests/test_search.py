@@ -4,14 +4,15 @@ quantization and the semantic loss."""
 import pytest
 import torch
 
-import spae_lab.pyramid as pyramid
+import spae_lab.quantizer as quantizer
 from spae_lab.losses import semantic_loss, semantic_loss_from_scores
-from spae_lab.pyramid import PyramidLayout, PyramidQuantizer, nearest_codes, search_scores, unit_rms
+from spae_lab.pyramid import PyramidLayout
+from spae_lab.quantizer import PyramidQuantizer, nearest_codes, search_scores, unit_rms
 
 
 @pytest.mark.parametrize("chunk_elements", [1, 7 * 50, 1 << 24])
 def test_nearest_codes_matches_cdist_at_any_chunking(monkeypatch, chunk_elements):
-    monkeypatch.setattr(pyramid, "SEARCH_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(quantizer, "SEARCH_CHUNK_ELEMENTS", chunk_elements)
     gen = torch.Generator().manual_seed(0)
     codebook = torch.randn(50, 8, generator=gen)
     targets = torch.randn(333, 8, generator=gen) * 2

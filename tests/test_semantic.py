@@ -7,7 +7,8 @@ import torch
 
 from spae_lab.config import SemanticConfig, create_config
 from spae_lab.losses import semantic_loss
-from spae_lab.semantic import SemanticGuide, caption_word_hits, chosen_word_relevance
+from spae_lab.metrics import caption_word_hits, chosen_word_relevance
+from spae_lab.semantic import SemanticGuide
 
 
 def test_semantic_loss_matches_the_formula():

@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from spae_lab.errors import SpaeError
 
-class LLMError(RuntimeError):
+
+class LLMError(SpaeError, RuntimeError):
     """An LLM call that cannot succeed: dead endpoint, bad model, retries exhausted, bad reply."""
 
 
