@@ -18,6 +18,13 @@ from an RNG seeded by (seed, prompt, attempt), so the faults each prompt meets d
 order requests arrive in; --max-faults-per-prompt bounds them, so a client with enough retries
 always succeeds. A JSON --control file, re-read per request if it exists, overrides the flags (its
 keys are the flag names with underscores: {"p_500": 0.5}).
+
+Hostile replies (to every good request while set): --trickle S sends the reply one byte every S
+seconds (the body after the headers, or everything with --trickle-headers), so no single read
+waits long but the reply takes minutes; --huge-body MB sends a reply of MB megabytes (spaces, then
+the real JSON: valid if read whole), announced in Content-Length unless --huge-no-length. Both log
+a second line when the reply ends or the client hangs up: {"event": "sent", "bytes": n,
+"complete": bool}.
 """
 
 from __future__ import annotations
@@ -167,7 +174,14 @@ class Handler(BaseHTTPRequestHandler):
         delay = float(self.state.option("delay") or 0.0)
         if delay:
             time.sleep(delay)
-        self._json(200, self._chat_reply(body, prompt) if chat else self._completion_reply(body))
+        reply = self._chat_reply(body, prompt) if chat else self._completion_reply(body)
+        if huge := float(self.state.option("huge_body") or 0.0):
+            return self._huge(json.dumps(reply).encode(), int(huge * 2**20),
+                              declare=not self.state.option("huge_no_length"))
+        if trickle := float(self.state.option("trickle") or 0.0):
+            return self._trickle(json.dumps(reply).encode(), trickle,
+                                 headers_too=bool(self.state.option("trickle_headers")))
+        self._json(200, reply)
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -211,6 +225,48 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload[: len(payload) // 2].encode())
         self.wfile.flush()
         self.close_connection = True
+
+    def _trickle(self, data: bytes, seconds: float, headers_too: bool) -> None:
+        """A good reply, one byte every `seconds` (the body only, or all of it)."""
+        head = (f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        slow = head + data if headers_too else data
+        self.close_connection = True
+        sent = 0
+        try:
+            if not headers_too:
+                self.wfile.write(head)
+            for i in range(len(slow)):
+                self.wfile.write(slow[i:i + 1])
+                sent += 1
+                time.sleep(seconds)
+        except OSError:  # the client hung up
+            pass
+        self.state.log({"event": "sent", "t": time.time(), "bytes": sent,
+                        "complete": sent == len(slow)})
+
+    def _huge(self, data: bytes, size: int, declare: bool) -> None:
+        """A reply of `size` bytes: spaces, then `data` (JSON allows leading whitespace)."""
+        padding = max(0, size - len(data))
+        self.close_connection = True
+        sent = 0
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if declare:
+                self.send_header("Content-Length", str(padding + len(data)))
+            self.end_headers()
+            block = b" " * 2**20
+            while sent < padding:
+                chunk = block[: padding - sent]
+                self.wfile.write(chunk)
+                sent += len(chunk)
+            self.wfile.write(data)
+            sent += len(data)
+        except OSError:  # the client hung up
+            pass
+        self.state.log({"event": "sent", "t": time.time(), "bytes": sent,
+                        "complete": sent == padding + len(data)})
 
     def _completion_reply(self, body: dict) -> dict:
         prompts = body.get("prompt", "")
@@ -274,6 +330,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-faults-per-prompt", type=int, default=10**9)
     p.add_argument("--retry-after", default="0", help="Retry-After value sent with 429")
     p.add_argument("--sleep", type=float, default=2.0, help="seconds the timeout fault sleeps")
+    p.add_argument("--trickle", type=float, default=0.0,
+                   help="send good replies one byte every this many seconds")
+    p.add_argument("--trickle-headers", action="store_true",
+                   help="with --trickle: trickle the status line and headers too")
+    p.add_argument("--huge-body", type=float, default=0.0,
+                   help="send good replies this many megabytes long")
+    p.add_argument("--huge-no-length", action="store_true",
+                   help="with --huge-body: no Content-Length (the body ends when the server closes)")
     p.add_argument("--control", default=None, help="JSON file overriding these flags")
     return p.parse_args(argv)
 

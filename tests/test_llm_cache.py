@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from spae_lab.llm import CachedBackend, GenerationParams, LLMBackend
+from spae_lab.llm import CachedBackend, GenerationParams, LLMBackend, LLMError
 
 
 class Echo(LLMBackend):
@@ -115,3 +115,43 @@ def test_loglikelihood_and_shared_prefix_scores_are_cached(tmp_path):
     assert backend.score_shared_prefix("p:", ["yy", "z"], ["c"]) == [[-5.0], [-4.0]]
     assert inner.batches == [["ab"], ["p:x"], ["p:yy"], ["p:z"]]
     assert backend.stats.cache_hits == 2
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "llm_cache.sqlite"
+    path.write_bytes(b"this is not an SQLite database, it is a text file\n" * 200)
+    before = path.read_bytes()
+    with pytest.raises(LLMError, match=r"LLM cache .*llm_cache.sqlite.* is damaged") as info:
+        CachedBackend(Echo(), path)
+    assert "move it away or delete it" in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == before  # never repaired or replaced behind the user's back
+
+
+def test_a_truncated_cache_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.sqlite"
+    backend = CachedBackend(Echo(), path)
+    backend.generate([f"prompt {i} " + "x" * 200 for i in range(400)])
+    backend.close()
+    with sqlite3.connect(path) as db:  # fold the WAL into the file, as a clean exit does
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(LLMError, match="is damaged.*move it away or delete it"):
+        CachedBackend(Echo(), path).generate([f"prompt {i} " + "x" * 200 for i in range(400)])
+
+
+def test_another_programs_database_is_not_taken_for_a_cache(tmp_path):
+    path = tmp_path / "c.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE answers (id INTEGER, text TEXT)")
+    with pytest.raises(LLMError, match=r"is damaged or not a cache \(its table 'answers'"):
+        CachedBackend(Echo(), path)
+
+
+def test_a_cache_path_that_cannot_be_used_is_a_clear_error(tmp_path):
+    (tmp_path / "a_folder.sqlite").mkdir()
+    with pytest.raises(LLMError, match="cannot use the LLM cache"):
+        CachedBackend(Echo(), tmp_path / "a_folder.sqlite")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(LLMError, match="cannot create the folder of the LLM cache"):
+        CachedBackend(Echo(), tmp_path / "a_file" / "c.sqlite")

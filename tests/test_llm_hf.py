@@ -3,6 +3,10 @@ real SmolLM2 ranking."""
 
 from __future__ import annotations
 
+import pickle
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_llm import CHOICES, save_tiny_llama
@@ -163,3 +167,34 @@ def test_generate_shared_prefix_matches_generate(backend):
         [prefix + q for q in queries], params)
     assert backend.generate_shared_prefix(prefix, queries, choices=CHOICES) == backend.generate(
         [prefix + q for q in queries], choices=CHOICES)
+
+
+class _Booby:
+    """Unpickling this creates the marker file: proof that a pickle was (or was not) opened."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickle_only_model_folder_is_refused_unopened(tiny_folder, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_folder, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    marker = tmp_path / "unpickled"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Booby(marker)))
+    with pytest.raises(LLMError, match=r"only pickle weights \(pytorch_model.bin\).*refused"):
+        HFBackend(str(folder))
+    assert not marker.exists()
+    # With safetensors next to it, the safetensors are read and the pickle is left alone.
+    shutil.copy(tiny_folder / "model.safetensors", folder / "model.safetensors")
+    assert HFBackend(str(folder)).describe()["model"] == str(folder)
+    assert not marker.exists()
+
+
+def test_bad_batch_size_is_an_llm_error(tiny_folder):
+    with pytest.raises(LLMError, match="batch_size must be >= 1"):
+        HFBackend(str(tiny_folder), batch_size=0)

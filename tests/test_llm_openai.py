@@ -2,7 +2,8 @@
 
 tests/fake_openai_server.py runs as a subprocess (stdlib http.server): deterministic answers
 (see `completion_for`), deterministic echo logprobs, a JSON line per request it receives, and
-injected faults (429/500/503, sleeping past the timeout, dropped connections, broken JSON).
+injected faults (429/500/503, sleeping past the timeout, dropped connections, broken JSON), and
+hostile replies (trickled one byte at a time, hundreds of megabytes long).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import textwrap
 import time
 import traceback
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -31,7 +33,8 @@ from spae_lab.llm import (
     OpenAIBackend,
     load_backend,
 )
-from spae_lab.llm.openai_compat import _retry_after, snap_to_choice
+from spae_lab.llm.openai_compat import snap_to_choice
+from spae_lab.llm.transport import retry_after
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import completion_for, fake_logprob  # noqa: E402
@@ -55,12 +58,18 @@ class FakeServer:
         self.port = int(line.split()[1])
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
-    def requests(self, since: float = 0.0) -> list[dict]:
-        """Every request the server received (after time `since`), in arrival order."""
+    def records(self) -> list[dict]:
         if not self.log.exists():
             return []
-        records = [json.loads(line) for line in self.log.read_text().splitlines() if line]
-        return [r for r in records if r["t"] >= since]
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def requests(self, since: float = 0.0) -> list[dict]:
+        """Every request the server received (after time `since`), in arrival order."""
+        return [r for r in self.records() if "path" in r and r["t"] >= since]
+
+    def sent(self) -> list[dict]:
+        """What the server managed to send of each hostile reply (--trickle, --huge-body)."""
+        return [r for r in self.records() if r.get("event") == "sent"]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -209,8 +218,8 @@ def test_retry_after_is_honoured(start_server):
     assert backend.generate(["Reverse: hello"]) == [" olleh"]
     assert time.monotonic() - start >= 1.0
     assert backend.stats.retry_reasons == {"http_429": 1}
-    assert _retry_after("2.5") == 2.5 and _retry_after(None) is None
-    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    assert retry_after("2.5") == 2.5 and retry_after(None) is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
 
 
 def test_gives_up_after_max_retries(start_server):
@@ -422,10 +431,25 @@ def test_the_key_is_not_an_argument():
         OpenAIBackend("http://127.0.0.1:1/v1", "m", api_key="sk-literal")  # type: ignore[call-arg]
 
 
-def test_credentials_in_the_url_stay_out_of_describe():
-    backend = OpenAIBackend("http://user:pw@127.0.0.1:8000/v1?token=abc", "m")
-    assert "pw" not in json.dumps(backend.describe()) and "abc" not in repr(backend)
-    assert backend.describe()["base_url"] == "http://127.0.0.1:8000/v1"
+def test_credentials_in_a_url_are_refused_and_never_shown(monkeypatch, capfd):
+    secret = f"pw{uuid.uuid4().hex}"
+    for url in (f"http://user:{secret}@127.0.0.1:8000/v1", f"HTTPS://user:{secret}@host/v1",
+                f"http://{secret}@127.0.0.1:8000/v1"):
+        with pytest.raises(LLMError, match="credentials") as info:
+            OpenAIBackend(url, "m")
+        assert secret not in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(LLMError, match="credentials") as info:
+            load_backend(f"openai:m@{url}")
+        assert secret not in str(info.value)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"https://user:{secret}@host/v1")
+    with pytest.raises(LLMError, match=r"\$OPENAI_BASE_URL .*credentials") as info:
+        load_backend("openai:m")
+    assert secret not in str(info.value)
+    # A query may hold a token just as well: refused, and not quoted either.
+    with pytest.raises(LLMError, match="query") as info:
+        OpenAIBackend(f"http://127.0.0.1:8000/v1?token={secret}", "m")
+    assert secret not in str(info.value)
+    assert secret not in "".join(capfd.readouterr())
 
 
 # -- the factory ----------------------------------------------------------------------------------
@@ -436,8 +460,12 @@ def test_load_backend_specs(monkeypatch):
     assert isinstance(backend, OpenAIBackend)
     assert (backend.model, backend.base_url, backend.endpoint, backend.concurrency) == (
         "org/model@v2", "http://127.0.0.1:9/v1", "chat", 2)
+    # Scheme in any case (stored in lower case); a trailing slash is dropped.
+    assert load_backend("openai:m@HTTP://127.0.0.1:9/v1/").base_url == "http://127.0.0.1:9/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:7/v1")
     assert load_backend("openai:gpt-x").base_url == "http://127.0.0.1:7/v1"
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert load_backend("openai:gpt-x").base_url == "https://api.openai.com/v1"
 
     class FakeHF:
         def __init__(self, model, **kwargs):
@@ -448,6 +476,122 @@ def test_load_backend_specs(monkeypatch):
     monkeypatch.setitem(sys.modules, "spae_lab.llm.hf", fake_module)
     hf = load_backend("hf:smollm2", device="cpu")
     assert (hf.model, hf.kwargs) == ("smollm2", {"device": "cpu"})
-    for bad in ("smollm2", "gguf:x", "openai:"):
-        with pytest.raises(ValueError):
-            load_backend(bad)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("smollm2", "has no kind"),
+    ("gguf:x", "unknown backend kind 'gguf'"),
+    ("OPENAI:m@http://127.0.0.1:9/v1", "unknown backend kind 'OPENAI'"),
+    ("openai:", "names no model"),
+    ("hf:", "names no model"),
+    ("hf:https://huggingface.co/x", "not a URL"),
+    ("openai:m@ftp://127.0.0.1/v1", "scheme 'ftp'"),
+    ("openai:m@file:///etc/passwd", "scheme 'file'"),
+    ("openai:m@htp://127.0.0.1:9/v1", "scheme 'htp'"),
+    ("openai:m@127.0.0.1:9/v1", "not a URL starting with http:// or https://"),
+    ("openai:m@", "not a URL starting with http:// or https://"),
+    ("openai:http://127.0.0.1:9/v1", "cannot tell the model from the URL"),
+    ("openai:m@http://127.0.0.1:70000/v1", "bad port.*1 to 65535"),
+    ("openai:m@http://127.0.0.1:0/v1", "port 0"),
+    ("openai:m@http://127.0.0.1:x/v1", "bad port"),
+    ("openai:m@http:///v1", "no host"),
+    ("openai:m@http://[::1/v1", "does not parse"),
+    ("openai:m@http://127.0.0.1:9/v1#frag", "query or fragment"),
+    ("openai:m@http://127.0.0.1:9/v 1", "spaces or control"),
+    ("openai:m\x00@http://127.0.0.1:9/v1", "control characters"),
+])
+def test_bad_specs_are_one_line_llm_errors(spec, message, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")  # a fallback must not be used
+    with pytest.raises(LLMError, match=message) as info:
+        load_backend(spec)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"concurrency": 0}, "concurrency must be >= 1"),
+    ({"concurrency": -3}, "concurrency must be >= 1"),
+    ({"concurrency": 10**6}, "concurrency must be >= 1 and at most 256"),
+    ({"concurrency": 2.5}, "concurrency must be >= 1"),
+    ({"max_retries": -1}, "max_retries must be >= 0"),
+    ({"timeout": 0}, "timeout must be a finite number of seconds > 0"),
+    ({"timeout": float("nan")}, "timeout must be"),
+    ({"connect_timeout": float("inf")}, "connect_timeout must be"),
+    ({"backoff": -1}, "backoff must be"),
+    ({"max_reply_bytes": 0}, "max_reply_bytes must be >= 1"),
+    ({"endpoint": "embeddings"}, "endpoint must be one of"),
+])
+def test_bad_arguments_are_llm_errors(kwargs, message):
+    with pytest.raises(LLMError, match=message):
+        load_backend("openai:m@http://127.0.0.1:9/v1", **kwargs)
+
+
+def test_an_empty_model_name_is_an_llm_error():
+    with pytest.raises(LLMError, match="model name"):
+        OpenAIBackend("http://127.0.0.1:9/v1", " ")
+
+
+# -- hostile servers: a total deadline per request, a cap on the reply ----------------------------
+
+@pytest.mark.parametrize("part", ["body", "headers"])
+def test_a_trickling_server_fails_within_the_deadline(start_server, part):
+    # One byte every 0.2 s: no single read waits anywhere near the timeout (a per-read timeout
+    # never fires), but the ~200-byte reply would take ~40 s.
+    flags = ("--trickle", "0.2") + (("--trickle-headers",) if part == "headers" else ())
+    server = start_server(*flags)
+    backend = OpenAIBackend(server.url, "m", timeout=1.0, max_retries=0, **FAST)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="last error: timeout: no complete reply within 1 s"):
+        backend.generate(["Reverse: hello"])
+    assert time.monotonic() - start < 1.0 + 1.0
+    assert backend.stats.retry_reasons == {}
+
+    # Retried like any timeout: each attempt has its own deadline.
+    backend = OpenAIBackend(server.url, "m", timeout=0.5, max_retries=2, **FAST)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="giving up after 3 attempts; last error: timeout"):
+        backend.generate(["Reverse: hello"])
+    assert time.monotonic() - start < 3 * 0.5 + 1.0
+    assert backend.stats.retry_reasons == {"timeout": 2}
+    backend.close()
+
+
+def test_after_a_deadline_the_backend_still_works(start_server, tmp_path):
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"trickle": 0.2}))
+    server = start_server("--control", str(control))
+    backend = OpenAIBackend(server.url, "m", timeout=0.6, max_retries=0, concurrency=2, **FAST)
+    with pytest.raises(LLMError, match="timeout"):
+        backend.generate(prompts(2))
+    control.write_text(json.dumps({"trickle": 0}))
+    assert backend.generate(prompts(4)) == [expected(p) for p in prompts(4)]
+    backend.close()
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-length"])
+def test_a_huge_reply_is_refused_without_buffering_it(start_server, declared):
+    flags = ("--huge-body", "400") + (() if declared else ("--huge-no-length",))
+    server = start_server(*flags)
+    backend = OpenAIBackend(server.url, "m", max_retries=3, **FAST)  # the default 16 MB cap
+    tracemalloc.start()
+    try:
+        with pytest.raises(LLMError, match=r"larger than 16,777,216 bytes \(max_reply_bytes"):
+            backend.generate(["Reverse: hello"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    backend.close()
+    assert peak < 48 * 2**20, f"peak {peak / 2**20:.0f} MB"
+    assert len(server.requests()) == 1 and backend.stats.retries == 0  # final, not retried
+    deadline = time.monotonic() + 10
+    while not server.sent() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server notices the hang-up at its next write
+    (sent,) = server.sent()
+    assert not sent["complete"] and sent["bytes"] < 100 * 2**20
+
+
+def test_a_reply_just_under_the_cap_is_read(start_server):
+    server = start_server("--huge-body", "1", "--huge-no-length")
+    assert OpenAIBackend(server.url, "m", max_reply_bytes=2**20 + 200, **FAST).generate(
+        ["Reverse: hello"]) == [" olleh"]
+    with pytest.raises(LLMError, match="larger than"):
+        OpenAIBackend(server.url, "m", max_reply_bytes=2**20 - 1, **FAST).generate(["Reverse: x"])

@@ -4,46 +4,39 @@
     llm = CachedBackend(load_backend("openai:my-model@http://127.0.0.1:8000/v1"), "runs/llm.sqlite")
     llm.generate(["Q: ...\\nA:"])
 
-Backend specs for `load_backend(spec, **kwargs)` (kwargs go to the backend's constructor):
+Backend specs for `load_backend(spec, **kwargs)` (kwargs go to the backend's constructor), parsed
+by `spae_lab.llm.spec.parse_backend_spec` (see there for the grammar and URL rules):
 
 - `hf:<model>`: a local Hugging Face causal LM (`spae_lab.llm.hf.HFBackend(model=<model>)`);
   `<model>` is a short name such as `smollm2`, a hub id or a folder.
 - `openai:<model>@<base_url>`: an OpenAI-compatible server (`OpenAIBackend`), e.g.
   `openai:Qwen/Qwen2.5-0.5B-Instruct@http://127.0.0.1:8000/v1`. Without `@<base_url>`, the URL is
   $OPENAI_BASE_URL, else https://api.openai.com/v1. The key is read from $OPENAI_API_KEY (or the
-  variable named by `api_key_env=`), never written in the spec.
+  variable named by `api_key_env=`), never written in the spec: a URL with `user:password@` is
+  refused, because the URL is recorded in configs and cache keys.
+
+A spec that does not parse, a URL that is not http(s) or has a bad port, and bad constructor
+arguments (`concurrency=0`, ...) raise `LLMError` with one readable line; nothing is loaded or sent.
 """
 
 from __future__ import annotations
-
-import os
-import re
 
 from spae_lab.llm.base import CallStats, GenerationParams, LLMBackend, LLMError
 from spae_lab.llm.cache import CachedBackend
 from spae_lab.llm.hf import HFBackend  # cheap: transformers is imported on first load
 from spae_lab.llm.openai_compat import OpenAIBackend
+from spae_lab.llm.spec import DEFAULT_OPENAI_BASE_URL, BackendSpec, parse_backend_spec
 
-__all__ = ["CachedBackend", "CallStats", "GenerationParams", "HFBackend", "LLMBackend", "LLMError",
-           "OpenAIBackend", "load_backend"]
-
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+__all__ = ["DEFAULT_OPENAI_BASE_URL", "BackendSpec", "CachedBackend", "CallStats",
+           "GenerationParams", "HFBackend", "LLMBackend", "LLMError", "OpenAIBackend",
+           "load_backend", "parse_backend_spec"]
 
 
 def load_backend(spec: str, **kwargs) -> LLMBackend:
     """A backend from a spec string (see the module docstring); kwargs pass through."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ValueError(f"backend spec {spec!r} should look like 'hf:<model>' or "
-                         "'openai:<model>@<base_url>'")
-    if kind == "hf":
-        from spae_lab.llm.hf import HFBackend  # lazy: pulls in torch and transformers
+    parsed = parse_backend_spec(spec)
+    if parsed.kind == "hf":
+        from spae_lab.llm.hf import HFBackend  # looked up at call time (tests substitute it)
 
-        return HFBackend(model=rest, **kwargs)
-    if kind == "openai":
-        # The model name may itself contain '@'; the URL starts at the '@' followed by a scheme.
-        match = re.fullmatch(r"(.+?)@(https?://.+)", rest)
-        model, base_url = (match.groups() if match
-                           else (rest, os.environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL)))
-        return OpenAIBackend(base_url, model, **kwargs)
-    raise ValueError(f"unknown backend kind {kind!r} in {spec!r}; use 'hf:' or 'openai:'")
+        return HFBackend(model=parsed.model, **kwargs)
+    return OpenAIBackend(parsed.base_url, parsed.model, **kwargs)

@@ -18,6 +18,7 @@ the pieces separately (so a cached prefix and a naive full prompt see the same t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -26,6 +27,22 @@ from spae_lab.errors import SpaeError
 
 class LLMError(SpaeError, RuntimeError):
     """An LLM call that cannot succeed: dead endpoint, bad model, retries exhausted, bad reply."""
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    """LLMError unless `value` is an int (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+            high is not None and value > high):
+        bound = f">= {low}" if high is None else f">= {low} and at most {high}"
+        raise LLMError(f"{name} must be {bound} (an integer), got {value!r}")
+
+
+def check_seconds(name: str, value: object, positive: bool) -> None:
+    """LLMError unless `value` is a finite number of seconds, > 0 (positive) or >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value) or value < 0 or (positive and value == 0):
+        raise LLMError(f"{name} must be a finite number of seconds "
+                       f"{'> 0' if positive else '>= 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ the moment its answer arrives (WAL journal), so killing the process loses only r
 Rows are written with INSERT OR IGNORE: two processes answering the same question store it once.
 The request itself is kept next to the answer (as JSON) for inspection; it never holds a secret,
 because `describe()` never does.
+
+A file that is not a readable cache (damaged, truncated, another program's database) is an
+`LLMError` naming the file and what to do: move it away or delete it, and the answers are asked
+again. The file is never repaired or replaced silently.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from spae_lab.llm.base import GenerationParams, LLMBackend, in_order
+from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, in_order
 
 SCHEMA_VERSION = 1  # part of every key: bump it if the meaning of a stored answer changes
 _LOOKUP_BATCH = 500  # keys per SELECT (SQLite limits the number of bound variables)
+COLUMNS = ("key", "method", "request", "answer", "created")
 
 
 def canonical_json(obj) -> str:
@@ -40,42 +45,81 @@ class ResponseCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: autocommit, every INSERT is its own committed transaction.
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a committed row survives a killed process (not a power cut).
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, "
-                             "method TEXT NOT NULL, request TEXT NOT NULL, answer TEXT NOT NULL, "
-                             "created REAL NOT NULL)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LLMError(f"cannot create the folder of the LLM cache {str(self.path)!r}: "
+                           f"{err.strerror or err}") from None
+        try:
+            # isolation_level=None: autocommit, every INSERT is its own committed transaction.
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a committed row survives a killed process (not a power cut).
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, "
+                                 "method TEXT NOT NULL, request TEXT NOT NULL, "
+                                 "answer TEXT NOT NULL, created REAL NOT NULL)")
+                columns = tuple(row[1] for row in self._db.execute("PRAGMA table_info(answers)"))
+        except sqlite3.Error as err:  # damage found later (truncated pages) fails in get/put
+            self._db.close()
+            raise self._error(err) from None
+        if columns != COLUMNS:
+            self._db.close()
+            raise self._damaged(f"its table 'answers' has the columns {list(columns)}")
+
+    def _damaged(self, detail: str) -> LLMError:
+        return LLMError(f"the LLM cache {str(self.path)!r} is damaged or not a cache ({detail}); "
+                        "move it away or delete it to start a fresh cache (its answers are then "
+                        "asked again)")
+
+    def _error(self, err: sqlite3.Error) -> LLMError:
+        """The LLMError for an SQLite error: a damaged file, or one that cannot be used (locked,
+        read-only, a folder, a full disk)."""
+        if isinstance(err, sqlite3.OperationalError):
+            return LLMError(f"cannot use the LLM cache {str(self.path)!r}: {err}; check that it "
+                            "is a writable file on a disk with space, not used by another program")
+        return self._damaged(str(err))  # DatabaseError: "file is not a database", "malformed"
 
     def get_many(self, keys: Iterable[str]) -> dict[str, object]:
         """The stored answers of those keys that have one."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, object] = {}
-        with self._lock:
-            for start in range(0, len(keys), _LOOKUP_BATCH):
-                batch = keys[start:start + _LOOKUP_BATCH]
-                marks = ",".join("?" * len(batch))
-                rows = self._db.execute(f"SELECT key, answer FROM answers WHERE key IN ({marks})",
-                                        batch)
-                found.update((key, json.loads(answer)) for key, answer in rows)
+        try:
+            with self._lock:
+                for start in range(0, len(keys), _LOOKUP_BATCH):
+                    batch = keys[start:start + _LOOKUP_BATCH]
+                    marks = ",".join("?" * len(batch))
+                    rows = self._db.execute(
+                        f"SELECT key, answer FROM answers WHERE key IN ({marks})", batch)
+                    found.update((key, json.loads(answer)) for key, answer in rows)
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        except ValueError as err:  # a stored answer that is not JSON
+            raise self._damaged(f"a stored answer is not JSON: {err}") from None
         return found
 
     def put(self, key: str, method: str, request: dict, answer) -> None:
         """Store one answer; a key already there is left as it is."""
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?)",
-                             (key, method, canonical_json(request), json.dumps(answer),
-                              time.time()))
+        try:
+            with self._lock:
+                self._db.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?)",
+                                 (key, method, canonical_json(request), json.dumps(answer),
+                                  time.time()))
+        except sqlite3.Error as err:
+            raise self._error(err) from None
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        try:
+            with self._lock:
+                return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        except sqlite3.Error as err:
+            raise self._error(err) from None
 
     def close(self) -> None:
         with self._lock:

@@ -25,46 +25,11 @@ import copy
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError
-
-SMOLLM2 = "smollm2"
-
-
-def resolve_model_path(model: str) -> str:
-    """The folder or hub id to load. "smollm2" is the offline SmolLM2-135M-Instruct (a transformers
-    folder converted once from the packaged GGUF); an existing folder is used as is; a name that is
-    clearly a path (absolute, ./, ~) but no folder is an error; anything else is a hub id."""
-    if model == SMOLLM2:
-        from spae_lab.codebook import CodebookError, smollm2_model_dir
-
-        try:
-            return str(smollm2_model_dir())
-        except (CodebookError, OSError) as err:
-            raise LLMError(f"cannot prepare the offline SmolLM2 model: {err}") from err
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.is_absolute() or model.startswith((".", "~")) or path.exists():
-        raise LLMError(f"no model folder at {model!r}")
-    return model
-
-
-def load_model(model: str, device: str | torch.device, dtype: torch.dtype):
-    """(tokenizer, model) of a causal LM, in eval mode on `device`. Respects HF_HUB_OFFLINE: an id
-    that is not cached locally then fails here, with an LLMError that says so."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, KeyError) as err:  # missing files, unknown architecture, offline
-        raise LLMError(f"cannot load the causal LM {model!r} ({path}): {err}") from err
-    return tokenizer, lm.to(device=device, dtype=dtype).eval()
+from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, check_int
+from spae_lab.llm.hf_load import SMOLLM2, load_model
 
 
 @dataclass
@@ -139,8 +104,7 @@ class HFBackend(LLMBackend):
                  dtype: torch.dtype = torch.float32, use_prefix_cache: bool = True,
                  batch_size: int = 16) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_int("batch_size", batch_size, 1)
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype

@@ -5,7 +5,10 @@
     backend.loglikelihood("The sky is", [" blue", " green"])
 
 `base_url` is the API root as OpenAI clients take it, usually ending in `/v1`; requests go to
-`{base_url}/completions` or `{base_url}/chat/completions`.
+`{base_url}/completions` or `{base_url}/chat/completions`. It is checked by
+`spae_lab.llm.spec.check_base_url`: http or https only, a host, a valid port, and no
+`user:password@` (refused: the URL is written to configs, caches and logs; see `spae_lab.llm.spec`).
+Bad arguments (a bad URL, `concurrency=0`, ...) raise `LLMError` with one readable line.
 
 The API key is read from the environment variable named by `api_key_env` at each request and is
 never taken as an argument, kept on the object, logged, or put in cache keys or error messages
@@ -13,6 +16,10 @@ never taken as an argument, kept on the object, logged, or put in cache keys or 
 header is sent (local servers usually need none).
 
 Robustness: every prompt is one request; up to `concurrency` run in parallel on a thread pool.
+Every attempt has a total deadline of `timeout` seconds, from connecting to the last byte of the
+reply (`spae_lab.llm.transport`: a server trickling one byte at a time is cut off when it passes,
+not only when one read stalls), and a reply may be at most `max_reply_bytes` long: it is read in
+chunks and refused (`LLMError`, not retried) as soon as it is longer, without being buffered.
 HTTP 429 and 5xx, read timeouts, connections dropped mid-reply and replies that are not the JSON
 expected are retried up to `max_retries` times with exponential backoff and jitter (never sooner
 than a Retry-After header asks); each retry is counted in `self.stats` with its reason
@@ -36,7 +43,6 @@ completions endpoint can do this (`supports_loglikelihood`).
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -44,19 +50,36 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import datetime, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
-import urllib3
 
-from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, in_order
+from spae_lab.llm.base import (
+    GenerationParams,
+    LLMBackend,
+    LLMError,
+    check_int,
+    check_seconds,
+    in_order,
+)
+from spae_lab.llm.spec import check_base_url
+from spae_lab.llm.transport import (
+    Deadline,
+    DeadlineAdapter,
+    ReplyTooLarge,
+    classify,
+    describe_network_error,
+    public_url,
+    read_body,
+    retry_after,
+)
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are cut client-side
 MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but not an absurd one
+MAX_CONCURRENCY = 256  # threads (and connections) of one backend
+DEFAULT_MAX_REPLY_BYTES = 16 * 2**20  # a completion reply is a few KB; an echo of a long prompt more
 
 
 class _Retryable(Exception):
@@ -80,38 +103,50 @@ class OpenAIBackend(LLMBackend):
                  endpoint: str = "completions", timeout: float = 60.0, connect_timeout: float = 5.0,
                  max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
                  connect_retries: int = 2, connect_backoff: float = 0.25, concurrency: int = 4,
-                 seed: int | None = None):
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, seed: int | None = None):
         """Args:
-            base_url: API root, e.g. "http://127.0.0.1:8000/v1" (credentials in it are never shown).
+            base_url: API root, e.g. "http://127.0.0.1:8000/v1"; http(s) only, no credentials.
             model: the model name the server knows.
             api_key_env: name of the environment variable holding the key (read per request).
             endpoint: "completions" (plain prompts; can score) or "chat" (one user message).
-            timeout: seconds to wait for the server's reply (per read) before retrying.
-            connect_timeout: seconds to wait for a TCP connection.
+            timeout: total seconds one attempt may take, connecting and reading the whole reply
+                included; past it the attempt is cut off and retried (reason "timeout").
+            connect_timeout: seconds to wait for a TCP connection (within `timeout`).
             max_retries: retries per request after the first attempt (429, 5xx, timeouts, ...).
             backoff, max_backoff: the n-th retry waits about backoff * 2**n seconds (jittered,
                 at most max_backoff), or longer if the server's Retry-After says so.
             connect_retries, connect_backoff: retries (and pause) when the server cannot be
                 reached at all; kept small so a dead endpoint fails fast.
-            concurrency: requests in flight at once (a thread pool shared by all calls).
+            concurrency: requests in flight at once (a thread pool shared by all calls), 1 to 256.
+            max_reply_bytes: longest reply accepted; a longer one is an LLMError.
             seed: seeds the backoff jitter (reproducible timings in tests).
         """
         super().__init__()
         if endpoint not in ENDPOINTS:
-            raise ValueError(f"endpoint must be one of {sorted(ENDPOINTS)}, got {endpoint!r}")
-        if concurrency < 1 or max_retries < 0 or connect_retries < 0:
-            raise ValueError("concurrency must be >= 1 and retry counts >= 0")
+            raise LLMError(f"endpoint must be one of {sorted(ENDPOINTS)}, got {endpoint!r}")
+        if not isinstance(model, str) or not model.strip():
+            raise LLMError(f"the model name must be a non-empty string, got {model!r}")
+        check_int("concurrency", concurrency, 1, MAX_CONCURRENCY)
+        check_int("max_retries", max_retries, 0)
+        check_int("connect_retries", connect_retries, 0)
+        check_int("max_reply_bytes", max_reply_bytes, 1)
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            check_seconds(name, value, positive=True)
+        for name, value in (("backoff", backoff), ("max_backoff", max_backoff),
+                            ("connect_backoff", connect_backoff)):
+            check_seconds(name, value, positive=False)
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url, "base_url")
         self.api_key_env = api_key_env
         self.endpoint = endpoint
         self.url = self.base_url + ENDPOINTS[endpoint]
-        self.public_url = _public_url(self.url)
+        self.public_url = public_url(self.url)
         self.supports_loglikelihood = endpoint == "completions"
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.connect_retries, self.connect_backoff = connect_retries, connect_backoff
         self.concurrency = concurrency
+        self.max_reply_bytes = max_reply_bytes
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # guards stats and the pool's creation
         self._local = threading.local()  # one requests.Session per thread (Session is not thread-safe)
@@ -120,11 +155,11 @@ class OpenAIBackend(LLMBackend):
     # -- identity ---------------------------------------------------------------------------------
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "model": self.model, "base_url": _public_url(self.base_url),
+        return {"kind": self.kind, "model": self.model, "base_url": public_url(self.base_url),
                 "endpoint": self.endpoint}
 
     def __repr__(self) -> str:
-        return (f"OpenAIBackend(model={self.model!r}, base_url={_public_url(self.base_url)!r}, "
+        return (f"OpenAIBackend(model={self.model!r}, base_url={public_url(self.base_url)!r}, "
                 f"endpoint={self.endpoint!r})")
 
     def close(self) -> None:
@@ -245,21 +280,35 @@ class OpenAIBackend(LLMBackend):
         """One HTTP request. Raises _Retryable for transient failures, LLMError for final ones."""
         with self._lock:
             self.stats.requests += 1
-        failure = None
-        try:
-            resp = self._session().post(self.url, json=body, headers=self._headers(),
-                                        timeout=(self.connect_timeout, self.timeout))
-            raw = resp.content  # read the whole body here, so a drop mid-reply raises here
-            resp.request.headers.pop("Authorization", None)  # keep no copy of the key around
-        except requests.exceptions.RequestException as exc:
-            failure = _Retryable(_classify(exc), _describe_network_error(exc))
+        raw, failure = None, None
+        with Deadline(self.timeout) as deadline:
+            try:
+                # stream=True: the body is read below, in chunks, against the deadline and the cap
+                resp = self._session().post(
+                    self.url, json=body, headers=self._headers(), stream=True,
+                    timeout=(min(self.connect_timeout, self.timeout), self.timeout))
+                try:
+                    resp.request.headers.pop("Authorization", None)  # keep no copy of the key
+                    raw = read_body(resp, deadline, self.max_reply_bytes)  # None: too late
+                finally:
+                    resp.close()  # a connection left mid-reply is closed, not reused
+            except requests.exceptions.RequestException as exc:
+                failure = _Retryable(classify(exc), describe_network_error(exc))
+            except ReplyTooLarge as exc:
+                raise LLMError(f"the reply of {self.public_url} is larger than "
+                               f"{self.max_reply_bytes:,} bytes (max_reply_bytes; {exc}); a "
+                               "completion reply is a few KB: check base_url") from None
+        if raw is None and (failure is None or deadline.expired and failure.reason != "connect"):
+            # the deadline passed between two chunks, or its timer cut the request off
+            failure = _Retryable("timeout", f"no complete reply within {self.timeout:g} s "
+                                 "(the whole request, not one read)")
         if failure is not None:
             # Raised outside the except block: requests' exception (whose request object holds
             # the headers, key included) is not kept as this one's __context__.
             raise failure
         if resp.status_code == 429 or resp.status_code >= 500:
             raise _Retryable(f"http_{resp.status_code}", self._server_message(resp, raw),
-                             _retry_after(resp.headers.get("Retry-After")))
+                             retry_after(resp.headers.get("Retry-After")))
         if resp.status_code >= 400:
             raise LLMError(self._http_error(resp, raw, scoring))
         try:
@@ -317,7 +366,8 @@ class OpenAIBackend(LLMBackend):
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_maxsize=self.concurrency, max_retries=0)
+            # DeadlineAdapter: connections a Deadline can cut off (see _attempt)
+            adapter = DeadlineAdapter(pool_maxsize=self.concurrency, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             self._local.session = session
@@ -326,9 +376,14 @@ class OpenAIBackend(LLMBackend):
     # -- secrets and error messages ---------------------------------------------------------------
 
     def _headers(self) -> dict:
-        """Request headers, built per request so the key is never stored on the backend."""
+        """Request headers, built per request so the key is never stored on the backend.
+        Accept-Encoding identity: replies are small JSON, and an uncompressed reply's size is what
+        max_reply_bytes bounds (no decompression bombs)."""
         key = os.environ.get(self.api_key_env)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        headers = {"Accept-Encoding": "identity"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
 
     def _redact(self, text: str) -> str:
         """Remove the key (servers may echo it back) from any text bound for a message or log."""
@@ -426,74 +481,3 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     """Cut at the earliest stop sequence (servers may ignore some, or only take four)."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
     return text[:cut]
-
-
-def _classify(exc: requests.exceptions.RequestException) -> str:
-    """'connect' (server unreachable), 'timeout' (no reply in time) or 'dropped' (cut off)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connect"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "timeout"
-    if isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc):
-        return "connect"
-    return "dropped"
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """True if the error chain says the TCP connection was never made (refused, DNS, ...)."""
-    return any(isinstance(e, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
-               for e in _error_chain(exc))
-
-
-def _error_chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and those it wraps (requests nests urllib3's, which nest the OS error)."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        e = todo.pop(0)
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [*e.args, getattr(e, "reason", None), e.__cause__, e.__context__]
-
-
-def _describe_network_error(exc: BaseException) -> str:
-    """A short cause ("Connection refused", "read timed out") instead of requests' long repr."""
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"{type(exc).__name__} (no reply in time)"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return "connection closed mid-reply"
-    for e in _error_chain(exc):
-        if isinstance(e, urllib3.exceptions.NameResolutionError):
-            return "unknown host"
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def _public_url(url: str) -> str:
-    """The URL without user:password@ and without a query string (either may carry a secret)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
