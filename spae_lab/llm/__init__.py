@@ -21,22 +21,35 @@ arguments (`concurrency=0`, ...) raise `LLMError` with one readable line; nothin
 
 from __future__ import annotations
 
+import importlib
+
 from spae_lab.llm.base import CallStats, GenerationParams, LLMBackend, LLMError
 from spae_lab.llm.cache import CachedBackend
-from spae_lab.llm.hf import HFBackend  # cheap: transformers is imported on first load
-from spae_lab.llm.openai_compat import OpenAIBackend
 from spae_lab.llm.spec import DEFAULT_OPENAI_BASE_URL, BackendSpec, parse_backend_spec
 
 __all__ = ["DEFAULT_OPENAI_BASE_URL", "BackendSpec", "CachedBackend", "CallStats",
            "GenerationParams", "HFBackend", "LLMBackend", "LLMError", "OpenAIBackend",
            "load_backend", "parse_backend_spec"]
 
+# The backends pull in torch and transformers, or requests: imported on first use, so that checking
+# a spec (`parse_backend_spec`, which the command line can run first) loads neither.
+_BACKENDS = {"HFBackend": "spae_lab.llm.hf", "OpenAIBackend": "spae_lab.llm.openai_compat"}
+
+
+def __getattr__(name: str):
+    if name in _BACKENDS:
+        return getattr(importlib.import_module(_BACKENDS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def load_backend(spec: str, **kwargs) -> LLMBackend:
-    """A backend from a spec string (see the module docstring); kwargs pass through."""
+    """A backend from a spec string (see the module docstring); kwargs pass through. The spec is
+    checked before anything is imported, loaded or sent."""
     parsed = parse_backend_spec(spec)
     if parsed.kind == "hf":
-        from spae_lab.llm.hf import HFBackend  # looked up at call time (tests substitute it)
+        from spae_lab.llm.hf import HFBackend
 
         return HFBackend(model=parsed.model, **kwargs)
+    from spae_lab.llm.openai_compat import OpenAIBackend
+
     return OpenAIBackend(parsed.base_url, parsed.model, **kwargs)
