@@ -1,0 +1,65 @@
+"""`spae-lab generate TASK --tokenizer NAME_OR_RUN [--input FOLDER_OR_TAR] --out OUT`.
+
+Wired into `spae_lab.cli` with `add_generate_parser(sub)`; the command calls `run_generation`.
+Library modules are imported inside `cmd_generate`, so `--help` does not load torch.
+"""
+
+from __future__ import annotations
+
+TASK_CHOICES = ("class", "arithmetic", "inpaint", "outpaint", "flip", "shift", "denoise")
+
+
+def add_generate_parser(subparsers):
+    """Add the `generate` command to an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser("generate", help="in-context generation: a frozen LLM writes images "
+                              "as token pyramids (class, arithmetic, inpaint, outpaint, flip, "
+                              "shift, denoise)")
+    p.add_argument("task", choices=TASK_CHOICES)
+    p.add_argument("--tokenizer", required=True, help="shipped tokenizer (digits, cifar10, ...) "
+                   "or run folder / checkpoint")
+    p.add_argument("--input", help="images: a folder or tar archive (or a dataset name); default: "
+                   "the tokenizer's own held-out data (CIFAR-10: the shipped sample if the "
+                   "training archive is not here)")
+    p.add_argument("--context", help="where in-context examples come from (same kinds as "
+                   "--input); default: the input images, queries never among them")
+    p.add_argument("--out", default="runs/generate", help="folder for images, CSV, prompts, cache")
+    p.add_argument("--backend", default="hf:smollm2",
+                   help="hf:<id or folder> or openai:<model>@<base_url> (key from $OPENAI_API_KEY)")
+    p.add_argument("--images", type=int, default=20, help="image tasks: query images (0 = all)")
+    p.add_argument("--examples", type=int, default=10, help="image tasks: in-context example pairs")
+    p.add_argument("--examples-per-class", type=int, default=2,
+                   help="class: context examples of each digit")
+    p.add_argument("--episodes", type=int, default=5,
+                   help="class / arithmetic: context draws, one image per digit each")
+    p.add_argument("--layers", type=int, default=0, help="layers the LLM writes (0 = all)")
+    p.add_argument("--tokens-per-call", type=int, default=2, help="words per LLM call (V2L: 2)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sampled")
+    p.add_argument("--schedule", type=float, nargs=3, metavar=("START", "END", "COUNT"),
+                   default=(0.50, 0.23, 10),
+                   help="denoise: replacement ratio of the first and last context copy, copies")
+    p.add_argument("--seed", type=int, default=0, help="context draws, corruptions, sampling")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+    return p
+
+
+def cmd_generate(args) -> int:
+    import json
+
+    from spae_lab.generate.decode import DecodeConfig
+    from spae_lab.generate.run import GenerationConfig, run_generation
+    from spae_lab.generate.tasks import CorruptionSchedule
+
+    start, end, count = args.schedule
+    config = GenerationConfig(
+        examples=args.examples, examples_per_class=args.examples_per_class,
+        episodes=args.episodes, images=args.images, layers=args.layers, seed=args.seed,
+        decode=DecodeConfig(tokens_per_call=args.tokens_per_call,
+                            temperature=args.temperature, seed=args.seed),
+        schedule=CorruptionSchedule(start, end, int(count)))
+    result = run_generation(args.task, args.tokenizer, input=args.input, out=args.out,
+                            backend=args.backend, config=config, context=args.context,
+                            progress=not args.quiet)
+    print(json.dumps(result["summary"], indent=2))
+    print(f"images, results.csv, prompts and the LLM cache in {args.out}")
+    return 0

@@ -1,0 +1,252 @@
+"""In-context generation: corruption schedule, regions and no-LLM fills, codebook-only words on a
+tiny random Llama, resume from the cache with the same images, the text writer's snapping, and
+the `generate` command writing its files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from PIL import Image
+from tiny_llm import save_tiny_llama
+
+from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from spae_lab.config import create_config
+from spae_lab.generate import (
+    V2L_SCHEDULE,
+    CorruptionSchedule,
+    DecodeConfig,
+    add_generate_parser,
+    run_generation,
+)
+from spae_lab.generate import tasks as T
+from spae_lab.generate.decode import HFWordWriter, TextWordWriter, make_writer, progressive_decode
+from spae_lab.llm.base import LLMBackend
+from spae_lab.llm.cache import CachedBackend
+from spae_lab.llm.hf import HFBackend
+from spae_lab.pyramid import PyramidLayout
+
+LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    save_tiny_llama(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory, tiny_llm):
+    """An untrained tiny SPAE whose codebook is the tiny Llama's own words (every word one token)."""
+    from spae_lab.checkpoint import create_tokenizer
+
+    cfg = create_config("tiny", {"data.dataset": "digits", "semantic.enabled": False,
+                                 "codebook.source": str(tiny_llm), "codebook.max_size": None,
+                                 "codebook.word_list": None})
+    torch.manual_seed(0)
+    model = create_tokenizer(cfg)
+    run = tmp_path_factory.mktemp("tok")
+    save_checkpoint(run / CHECKPOINT_NAME, model, None, 0, cfg)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer_run):
+    from spae_lab import load_tokenizer
+
+    return load_tokenizer(tokenizer_run)
+
+
+@pytest.fixture()
+def input_folder(tmp_path):
+    """Four images of an odd size (outputs must come back at it)."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for k in range(4):
+        pixels = (torch.rand(20, 24, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(folder / f"img{k}.png")
+    return folder
+
+
+# --- schedule, regions, fills (no LLM) -------------------------------------------------------------
+
+
+def test_v2l_schedule_falls_from_half_to_0_23():
+    ratios = V2L_SCHEDULE.ratios()
+    assert len(ratios) == 10 and ratios[0] == 0.5 and ratios[-1] == 0.23
+    assert all(a > b for a, b in zip(ratios, ratios[1:], strict=False))
+    assert CorruptionSchedule(0.4, 0.1, 4).ratios() == [0.4, 0.3, 0.2, 0.1]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.23, 0.5, 1.0])
+def test_random_replace_changes_at_most_the_ratio(ratio):
+    g = torch.Generator().manual_seed(1)
+    pyramid = [[0] * n for n in LAYOUT.tokens_per_layer()]  # row 0 everywhere
+    noisy = T.random_replace(pyramid, ratio, 1000, g)
+    changed = sum(r != 0 for layer in noisy for r in layer)
+    assert [len(x) for x in noisy] == LAYOUT.tokens_per_layer()
+    assert changed <= round(ratio * 149) and changed >= round(ratio * 149) * 0.9
+
+
+def test_regions_of_inpaint_and_outpaint():
+    inpaint = T.region_mask(LAYOUT, T.task_box("inpaint", 8))
+    assert [sum(m) for m in inpaint] == [0, 0, 4, 16, 16]
+    outpaint = T.region_mask(LAYOUT, T.task_box("outpaint", 8))
+    assert [sum(m) for m in outpaint] == [0, 2, 8, 32, 32]
+    assert outpaint[1] == [False, False, True, True]
+
+
+def test_no_llm_fills():
+    mask = T.region_mask(LAYOUT, T.task_box("outpaint", 8))
+    pyramid = [list(range(n)) for n in LAYOUT.tokens_per_layer()]
+    filled = T.nearest_known_fill(pyramid, mask, LAYOUT)
+    assert filled[1] == [0, 1, 0, 1]  # bottom quadrants copy the ones above
+    assert filled[3][63] == 31  # bottom-right cell copies the last known row's
+    copies = [[[1, 2]], [[1, 3]], [[4, 3]]]
+    assert T.majority_fill(copies) == [[1, 3]]
+
+
+def test_token_transforms():
+    pyramid = [list(range(n)) for n in LAYOUT.tokens_per_layer()]
+    flipped = T.transform_tokens("flip", pyramid, LAYOUT)
+    assert flipped[1] == [1, 0, 3, 2]
+    assert T.transform_tokens("flip", flipped, LAYOUT) == pyramid
+    shifted = T.transform_tokens("shift", pyramid, LAYOUT)
+    assert shifted[1] == pyramid[1] and shifted[2][:4] == [3, 0, 1, 2]
+
+
+# --- decoding on a tiny random Llama --------------------------------------------------------------
+
+
+def _writer(model, tiny_llm, path, **decode):
+    llm = CachedBackend(HFBackend(str(tiny_llm)), path)
+    return make_writer(llm, model.codebook.words, DecodeConfig(**decode), "test")
+
+
+def test_every_written_word_is_a_codebook_word_and_known_words_stay(model, tiny_llm, tmp_path):
+    writer = _writer(model, tiny_llm, tmp_path / "c.sqlite")
+    assert isinstance(writer, HFWordWriter) and writer.unwritable == 0
+    V, sizes = len(model.codebook), model.layout.tokens_per_layer()
+    g = torch.Generator().manual_seed(0)
+    clean = [[int(torch.randint(V, (1,), generator=g)) for _ in range(n)] for n in sizes]
+    mask = T.region_mask(model.layout, T.task_box("inpaint", model.layout.grid))
+    bad = T.mask_words(clean, mask, V, g)
+    known = [[None if m else r for r, m in zip(lr, lm, strict=True)]
+             for lr, lm in zip(bad, mask, strict=True)]
+    example = T.pair_example(bad, clean, model.codebook.words)
+    query = T.pair_query(bad, model.codebook.words, known)
+    class_query = T.class_query("7", sizes)
+    out = progressive_decode(writer, [example], [query], sizes)[0]
+    out_class = progressive_decode(writer, [T.class_example("3", clean)], [class_query], sizes)[0]
+    for written in (out, out_class):
+        assert [len(x) for x in written] == sizes
+        assert all(0 <= r < V for layer in written for r in layer)
+    assert all(r == k for lr, lk in zip(out, known, strict=True) for r, k in zip(lr, lk, strict=True)
+               if k is not None)
+    assert writer.llm.inner.stats.requests > 0
+    writer.llm.close()
+
+
+def test_sampling_is_seeded(model, tiny_llm, tmp_path):
+    sizes = model.layout.tokens_per_layer()[:3]
+    runs = []
+    for k, seed in enumerate((0, 0, 1)):
+        writer = _writer(model, tiny_llm, tmp_path / f"s{k}.sqlite", temperature=1.0, seed=seed)
+        runs.append(progressive_decode(writer, [], [T.class_query("7", sizes)], sizes))
+        writer.llm.close()
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+class ScriptedBackend(LLMBackend):
+    """A 'server' that answers with words outside the codebook."""
+
+    kind, model = "scripted", "x"
+
+    def generate(self, prompts, params=None, choices=None):
+        return [" Zebra, quux" for _ in prompts]
+
+
+def test_text_writer_maps_unknown_words_to_codebook_words(model, tmp_path):
+    llm = CachedBackend(ScriptedBackend(), tmp_path / "t.sqlite")
+    writer = make_writer(llm, model.codebook.words, DecodeConfig(), "test")
+    assert isinstance(writer, TextWordWriter)
+    sizes = model.layout.tokens_per_layer()[:3]
+    out = progressive_decode(writer, [], [T.class_query("7", sizes)], sizes)[0]
+    assert all(0 <= r < len(model.codebook) for layer in out for r in layer)
+    assert writer.snapped > 0
+    llm.close()
+
+
+class _Killed(Exception):
+    pass
+
+
+class StubClassifier:
+    def predict(self, images):
+        return torch.zeros(len(images), dtype=torch.long)
+
+    def accuracy(self, images, labels):
+        return float((labels == 0).float().mean())
+
+
+@pytest.mark.parametrize("task", ["inpaint", "class"])
+def test_resume_after_a_kill_gives_the_same_images(model, tiny_llm, tmp_path, monkeypatch, task):
+    from spae_lab.data import make_dataset
+
+    data = make_dataset("digits", model.config.image_size, split="heldout")
+    subset = torch.utils.data.Subset(data, range(12))
+    subset.labels = data.labels[:12]
+    kwargs = dict(input=subset if task == "inpaint" else data, backend=HFBackend(str(tiny_llm)),
+                  images=3, examples=2, episodes=1, examples_per_class=1, layers=4,
+                  progress=False, classifier=StubClassifier())
+    whole = run_generation(task, model, out=tmp_path / "whole", **kwargs)
+
+    compute = HFWordWriter.compute
+    calls = {"n": 0}
+
+    def dying(self, *args):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise _Killed
+        return compute(self, *args)
+
+    monkeypatch.setattr(HFWordWriter, "compute", dying)
+    with pytest.raises(_Killed):
+        run_generation(task, model, out=tmp_path / "resumed", **kwargs)
+    monkeypatch.setattr(HFWordWriter, "compute", compute)
+    resumed = run_generation(task, model, out=tmp_path / "resumed", **kwargs)
+    assert resumed["written"] == whole["written"]
+    assert torch.equal(resumed["decoded"]["generated"], whole["decoded"]["generated"])
+    assert resumed["config"]["calls_computed"] < whole["config"]["calls_computed"]
+    assert resumed["summary"]["every_word_in_codebook"]
+    again = run_generation(task, model, out=tmp_path / "resumed", **kwargs)
+    assert again["config"]["calls_computed"] == 0 and again["written"] == whole["written"]
+
+
+def test_cli_writes_images_at_input_size_csv_prompts_and_cache(tokenizer_run, tiny_llm,
+                                                              input_folder, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_generate_parser(parser.add_subparsers())
+    out = tmp_path / "out"
+    args = parser.parse_args(["generate", "inpaint", "--tokenizer", str(tokenizer_run),
+                              "--input", str(input_folder), "--out", str(out),
+                              "--backend", f"hf:{tiny_llm}", "--examples", "2", "--layers", "3",
+                              "--quiet"])
+    assert args.func(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 2 and summary["every_word_in_codebook"]
+    for name in ("results.csv", "prompts.jsonl", "prefixes.jsonl", "prompt_example.txt",
+                 "llm_cache.sqlite", "config.json"):
+        assert (out / name).exists(), name
+    pngs = sorted(p.name for p in (out / "images").iterdir())
+    assert len(pngs) == 4 and all(p.endswith(("_corrupted.png", "_generated.png")) for p in pngs)
+    for p in (out / "images").iterdir():
+        assert Image.open(p).size == (24, 20)
+    calls = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    prefixes = {json.loads(line)["prefix_id"] for line in (out / "prefixes.jsonl").read_text().splitlines()}
+    assert calls and all(c["prefix_id"] in prefixes for c in calls)
+    assert "images, results.csv" in capsys.readouterr().out
