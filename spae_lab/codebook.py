@@ -145,8 +145,9 @@ def lexical_tokens(tokenizer, min_chars: int = 2, ascii_only: bool = True,
     A token is lexical when it starts a word (byte-level BPE 'Ġ', SentencePiece '▁', or a WordPiece
     token that is not a '##' continuation), and the rest is letters only, `min_chars` or more, with
     at least one vowel. Special tokens, byte pieces, punctuation and digits are dropped; duplicate
-    words keep the first id; `lowercase_only` drops words with a capital letter. With `word_list` (lower-case words), a word must also be in it: BPE
-    vocabularies hold many word starts (' indust', ' ingred') that are not words.
+    words keep the first id; `lowercase_only` drops words with a capital letter. With `word_list`
+    (lower-case words), a word must also be in it: BPE vocabularies hold many word starts
+    (' indust', ' ingred') that are not words.
     """
     vocab_size = len(tokenizer)
     raw = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))

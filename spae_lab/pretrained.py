@@ -71,8 +71,9 @@ def headline(name: str) -> str:
 
 def markdown_table(names: list[str] | None = None) -> str:
     """The cards' held-out figures as a Markdown table (the README's, `spae-lab pretrained --markdown`)."""
-    rows = ["| name | data | steps (CPU minutes) | PSNR by depth 1 / 2 / 3 / 4 / 5 (dB) | names the image in the first 5 words | distinct words L1 / L2 | relevance L1 (random word) |",
-            "|---|---|---|---|---|---|---|"]
+    columns = ("name", "data", "steps (CPU minutes)", "PSNR by depth 1 / 2 / 3 / 4 / 5 (dB)",
+               "names the image in the first 5 words", "distinct words L1 / L2", "relevance L1 (random word)")
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name in names or available():
         c = card(name)
         m = c.get("heldout", {})
@@ -83,6 +84,7 @@ def markdown_table(names: list[str] | None = None) -> str:
         distinct = " / ".join(str(v) for v in m.get("distinct_words", [])[:2])
         relevance = (f"{m['relevance'][0]:.3f} ({m['relevance_random']:.3f})"
                      if "relevance" in m else "-")
-        rows.append(f"| `{name}` | {c.get('data', {}).get('dataset', '')}, {c.get('data', {}).get('heldout_images', '')} held-out | "
+        data = c.get("data", {})
+        rows.append(f"| `{name}` | {data.get('dataset', '')}, {data.get('heldout_images', '')} held-out | "
                     f"{c.get('steps')} ({c.get('wall_minutes')}) | {psnr} | {named} | {distinct} | {relevance} |")
     return "\n".join(rows)

@@ -158,7 +158,8 @@ def token_pyramid_plotly(image: torch.Tensor, pyramid, image_index: int = 0, rel
             text=[t["word"] for t in tokens], textfont={"size": font, "color": "black"},
             marker=marker, name=f"layer {layer}", visible=layer == active_layer,
             hovertext=[f"<b>{t['word']}</b><br>layer {layer} ({n}x{n}), token {t['index']}<br>"
-                       f"latent cell ({t['row']}, {t['col']}){rel}" for t, rel in zip(tokens, relevance_text, strict=True)],
+                       f"latent cell ({t['row']}, {t['col']}){rel}"
+                       for t, rel in zip(tokens, relevance_text, strict=True)],
             hoverinfo="text",
         ))
     buttons = [

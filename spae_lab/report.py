@@ -103,7 +103,10 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, dict]:
     """The `parameters` cell of a notebook: name -> {inferred_type_name (the annotation, else the
     default's type), default (source text), help (the line's comment)}. The same fields as
     papermill's `inspect_notebook`, read with `ast` (papermill takes seconds to import)."""
-    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    try:
+        cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ReportError(f"{path} is not a readable notebook: {type(e).__name__}: {e}") from None
     cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
         return {}

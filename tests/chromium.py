@@ -54,8 +54,8 @@ class _DevTools:
         self._log_path = Path(user_data_dir) / "chromium-stderr.log"
         with open(self._log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [shutil.which("bash") or "/bin/bash", "-c", launch, binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
-                 "--remote-debugging-pipe", "about:blank"],
+                [shutil.which("bash") or "/bin/bash", "-c", launch, binary, *CHROMIUM_FLAGS,
+                 f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe", "about:blank"],
                 pass_fds=ends, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         for fd in ends:
             os.close(fd)

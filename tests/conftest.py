@@ -1,4 +1,5 @@
-"""Shared test settings: two torch threads at most (2-core machines), slow tests opt-in."""
+"""Shared test settings and fixtures: two torch threads at most (2-core machines), slow tests
+opt-in, one tiny random Llama for the whole session."""
 
 import pytest
 import torch
@@ -17,3 +18,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """Folder of a tiny random Llama and its byte-level BPE tokenizer, saved with save_pretrained
+    (tests/tiny_llm.py): the real Hugging Face loading code in a second, offline. Built once."""
+    from tiny_llm import save_tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    save_tiny_llama(folder)
+    return folder

@@ -386,7 +386,7 @@ CONFIG_CASES = [
          fails=r"cannot read the parameters file .*p\.yaml"),
     case("teacher-file-not-safetensors", lambda e: train_into_run(
         e, "--set", f"semantic.teacher=lit:{e.file('teacher.safetensors', 'not weights')}"),
-         fails=r"teacher\.safetensors is not a readable safetensors file"),
+         fails=r"teacher\.safetensors is not a readable safetensors LiT teacher checkpoint"),
 ]
 
 CHECKPOINT_CASES = [

@@ -22,14 +22,15 @@ _DRIVER = textwrap.dedent("""
     from spae_lab.config import create_config
 
     train_module = importlib.import_module("spae_lab.train")  # the module, not the function
+    checkpoint_module = importlib.import_module("spae_lab.checkpoint")  # create_tokenizer builds it
     made = []
 
-    class RecordingSPAE(train_module.SPAE):
+    class RecordingSPAE(checkpoint_module.SPAE):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    train_module.SPAE = RecordingSPAE
+    checkpoint_module.SPAE = RecordingSPAE
     run_dir, overrides = sys.argv[1], json.loads(sys.argv[2])
     result = train_module.train(create_config("tiny", overrides), run_dir, progress=False)
     weights = {k: v.detach().contiguous() for k, v in made[0].trainable_state_dict().items()}

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from tiny_llm import save_tiny_llama
 
 from spae_lab import fewshot
 from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
@@ -33,10 +32,8 @@ from spae_lab.tables import wilson_interval
 
 
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    save_tiny_llama(folder)
-    return folder
+def tiny_llm(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from chromium import check_page, find_chromium
 
 from spae_lab.report import (
     FAILED,
@@ -23,7 +24,6 @@ from spae_lab.report import (
     run_reports,
     write_index,
 )
-from tests.chromium import check_page, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("spae-lab")
@@ -155,8 +155,8 @@ def test_an_unreadable_notebook_file_fails_softly(tmp_path):
     runs = run_reports(find_notebooks(folder=books), {"count": 2}, reports_dir=reports,
                        progress=False)
     assert [(r.notebook, r.status) for r in runs] == [("a_damaged", FAILED), ("b_good", SUCCEEDED)]
-    assert "NotJSONError" in runs[0].error and "\n" not in runs[0].error
-    assert runs[0].html.exists() and "NotJSONError" in runs[0].html.read_text()
+    assert "not a readable notebook" in runs[0].error and "\n" not in runs[0].error
+    assert runs[0].html.exists() and "not a readable notebook" in runs[0].html.read_text()
     assert json.loads((runs[0].folder / "config.json").read_text())["status"] == FAILED
     index = (reports / "index.html").read_text()
     assert "a_damaged" in index and "b_good" in index and "unreadable" in index

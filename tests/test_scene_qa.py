@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tiny_llm import save_tiny_llama
 
 from spae_lab.data import SyntheticScenes
 from spae_lab.llm.hf import HFBackend
@@ -11,10 +10,8 @@ from spae_lab.scene_qa import QUESTIONS, caption_scores, run_captioning, run_vqa
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    save_tiny_llama(folder)
-    return HFBackend(str(folder))
+def backend(tiny_llama):
+    return HFBackend(str(tiny_llama))
 
 
 def oracle_text(scenes_images):
@@ -55,7 +52,7 @@ def test_vqa_and_captioning_run_and_score(backend):
         "colour", "shape", "colour and shape", "exact caption"}
 
 
-def test_cli_scene_qa(tmp_path, capsys):
+def test_cli_scene_qa(tmp_path, capsys, tiny_llama):
     from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
     from spae_lab.cli import main
     from spae_lab.codebook import load_codebook
@@ -65,8 +62,7 @@ def test_cli_scene_qa(tmp_path, capsys):
     cfg = create_config("tiny", {"semantic.enabled": False})
     save_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, SPAE(cfg.model, load_codebook(cfg.codebook)),
                     None, 0, cfg)
-    llm = tmp_path / "llm"
-    save_tiny_llama(llm)
+    llm = tiny_llama
     code = main(["scene-qa", str(tmp_path / "run"), "--backend", f"hf:{llm}", "--examples", "2",
                  "--queries", "3", "--decoding", "constrained", "--out", str(tmp_path / "qa"),
                  "--quiet"])
