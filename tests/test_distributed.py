@@ -48,6 +48,7 @@ def _run(args, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # torchrun with two processes
 @pytest.mark.timeout(900)
 def test_two_gloo_processes_match_one(tmp_path):
     driver = tmp_path / "driver.py"

@@ -219,6 +219,7 @@ def test_smollm2_reads_class_words(digits):
     assert summary.loc[summary.method == "oracle", "accuracy"].item() >= 0.8
 
 
+@pytest.mark.slow  # a real server process answering hundreds of queries, faults injected
 def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
         tokenizer_run, tmp_path, monkeypatch):
     """100 LLM queries of a real experiment (CLI subprocess) against a loopback server injecting

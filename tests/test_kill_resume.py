@@ -54,6 +54,7 @@ def reference(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # two trainings in subprocesses, one killed
 @pytest.mark.parametrize("kill_at", [4, 12])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(reference, tmp_path, kill_at):
     run = tmp_path / "run"

@@ -78,9 +78,15 @@ def test_cells_use_the_library_and_end_with_asserts(path):
 
 
 def test_an_injected_failing_cell_makes_nbval_red(tmp_path):
-    notebook = nbformat.read(ROOT / "notebooks" / "01_tour.ipynb", as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell(
-        'assert psnr_by_depth[-1] > 1000, "injected failure"'))
+    # a small notebook in the house style (the real ones already run under nbval in this suite)
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("depths: int = 3  # decoding depths", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from spae_lab.metrics import psnr\nimport torch\n"
+                                  "x = torch.rand(1, 3, 8, 8)\n"
+                                  "psnr_by_depth = [psnr(x, (x + 0.1 / d).clamp(0, 1)).item()\n"
+                                  "                 for d in range(1, depths + 1)]"),
+        nbformat.v4.new_code_cell('assert psnr_by_depth[-1] > 1000, "injected failure"'),
+    ])
     copy = tmp_path / "01_tour_injected.ipynb"
     nbformat.write(notebook, copy)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}

@@ -165,6 +165,10 @@ def test_an_unreadable_notebook_file_fails_softly(tmp_path):
 # --- the real notebooks ---------------------------------------------------------------------------
 
 
+# Every real notebook runs once per default suite, under nbval (pyproject's addopts); the report
+# set below runs them all again through papermill and Chromium, so it belongs to the slow tests.
+
+
 @pytest.fixture(scope="module")
 def notebook_reports(tmp_path_factory):
     """Every notebook of notebooks/ as a report, with defaults (the training notebook shortened)."""
@@ -174,6 +178,7 @@ def notebook_reports(tmp_path_factory):
     return reports, {r.notebook: r for r in runs}
 
 
+@pytest.mark.slow
 def test_every_notebook_report_succeeds(notebook_reports):
     reports, runs = notebook_reports
     assert {r.status for r in runs.values()} == {SUCCEEDED}, {n: r.error for n, r in runs.items()}
@@ -181,6 +186,7 @@ def test_every_notebook_report_succeeds(notebook_reports):
     assert latest.count('class="succeeded">succeeded') == len(runs) >= 4
 
 
+@pytest.mark.slow
 def test_token_pyramid_page_shows_words_at_positions(notebook_reports):
     _, runs = notebook_reports
     executed = nbformat.read(runs["02_token_pyramid"].executed_notebook, as_version=4)
@@ -194,6 +200,7 @@ def test_token_pyramid_page_shows_words_at_positions(notebook_reports):
     assert all(len(t["x"]) == len(t["text"]) for t in words)
 
 
+@pytest.mark.slow
 def test_reconstruction_page_shows_grid_and_psnr_rising_with_depth(notebook_reports):
     _, runs = notebook_reports
     html = runs["03_reconstruction"].html.read_text()
@@ -203,6 +210,7 @@ def test_reconstruction_page_shows_grid_and_psnr_rising_with_depth(notebook_repo
     assert "all checks passed" in html and "WARNING" not in html
 
 
+@pytest.mark.slow
 def test_report_pages_open_in_chromium_without_errors(notebook_reports, tmp_path):
     needs_chromium()
     reports, runs = notebook_reports
