@@ -1,13 +1,13 @@
 """Quantizers over a frozen codebook: SAQ and RQ on the token pyramid, with the exact inverse.
 
 Quantizers, at a position with latent z and c tokens already chosen there (running sum S):
-- SAQ, streaming average quantization (SPAE; the form here is reconstructed, see
-  shared/docs/spae-method.md): k = argmin_k || (c+1) z - S - e_k ||^2, and the position's
+- SAQ, streaming average quantization (SPAE, Yu et al. 2023; the paper gives no formula, this
+  is our reading of it): k = argmin_k || (c+1) z - S - e_k ||^2, and the position's
   latent estimate is the running *mean* zhat = (S + e_k) / (c + 1). Every target stays at
   codebook scale, so deep tokens remain real words.
 - RQ, residual quantization: k = argmin_k || z - S - e_k ||^2, estimate zhat = S + e_k.
 
-Two readings of what a coarse token stands for (shared/docs/spae-method.md, section 1):
+Two readings of what a coarse token stands for (the README's 'How it works'):
 - covering (`PyramidLayout(cover=True)`, the default of every preset): a token of layer l stands for
   its whole s x s region. Its target is computed from the region's mean latent, and every cell of
   the region counts it in its stream, so after d layers every cell holds exactly d tokens and
