@@ -21,6 +21,7 @@ from spae_lab.devices import pick_device
 from spae_lab.errors import SpaeError
 from spae_lab.io import atomic_write_path, read_safetensors
 from spae_lab.model import SPAE
+from spae_lab.paths import find_path
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _FORMAT = "spae_lab.checkpoint.v1"
@@ -118,13 +119,15 @@ def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device =
     "scenes", "cifar10", ...), a checkpoint file or a run folder.
 
     A path that exists wins over a shipped name; a bare name that is neither is looked up as a run
-    folder under ./runs/.
+    folder under runs/. Relative paths that do not exist from the current folder are looked up
+    from the project root too (`spae_lab.paths.find_path`): a notebook kernel running in
+    `notebooks/` finds `runs/demo`.
     """
     path = Path(path_or_name)
     if not path.exists() and str(path_or_name) in pretrained.available():
         path = pretrained.weights_path(str(path_or_name))
-    elif not path.exists() and not path.is_absolute() and (Path("runs") / path).exists():
-        path = Path("runs") / path
+    elif not path.exists() and not path.is_absolute():
+        path = next((p for p in (find_path(path), find_path(Path("runs") / path)) if p.exists()), path)
     tensors, metadata = read_checkpoint(path)
     cfg = checkpoint_config(metadata, path)
     model = create_tokenizer(cfg)

@@ -103,13 +103,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
+    cfg = config_from_args(args)  # a bad config fails before torch is imported
     from spae_lab.train import train
 
-    cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.preset}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a run folder")
-    result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    result = train(cfg, out, resume=args.resume, force=args.force, progress=not args.quiet)
     if result.rank == 0:  # under torchrun, rank 0 speaks for the job
         print(result.describe())
     return 0
@@ -334,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a tokenizer")
     _add_config_flags(p)
     p.add_argument("--out", help="run folder (default runs/<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    once = p.add_mutually_exclusive_group()  # an existing run in --out is kept unless one of these says otherwise
+    once.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its "
+                      "own settings (train.steps may grow); exact step for step with one thread (train.num_threads=1)")
+    once.add_argument("--force", action="store_true", help="replace the run in --out: its files (checkpoint, metrics, "
+                      "figures) are removed first")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -349,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode a pyramid of words back to an image")
     p.add_argument("checkpoint")
     p.add_argument("text", help="words of the first layers, as printed by encode --text")
-    p.add_argument("--out", default="decoded.png")
+    p.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...; an existing file is replaced)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("codebook", help="build a codebook and report vocabulary sizes")

@@ -265,6 +265,19 @@ _POSITIVE = ("model.image_size", "model.base_channels", "model.num_res_blocks",
              "train.batch_size", "train.log_every", "train.eval_every", "train.figure_every",
              "train.checkpoint_every", "train.num_threads")
 _NON_NEGATIVE = ("codebook.min_chars", "train.warmup_steps", "semantic.warmup_steps")
+# Upper bounds: far above any sensible run (the paper's preset is 128 px, 128 channels, batch 128,
+# 100k steps), low enough that a typo (`model.image_size=65536`) is an error in milliseconds
+# instead of a machine brought down by its allocations.
+_AT_MOST = {
+    "model.image_size": 1024, "model.base_channels": 1024, "model.num_res_blocks": 16,
+    "model.latent_channels": 4096, "model.codebook_projection_dim": 4096, "codebook.max_size": 1_000_000,
+    "codebook.min_chars": 64, "data.num_images": 10_000_000, "data.heldout_images": 100_000,
+    "data.max_per_class": 10_000_000, "train.steps": 10_000_000, "train.batch_size": 4096,
+    "train.warmup_steps": 10_000_000, "semantic.warmup_steps": 10_000_000, "train.num_threads": 1024,
+    "train.log_every": 10_000_000, "train.eval_every": 10_000_000, "train.figure_every": 10_000_000,
+    "train.checkpoint_every": 10_000_000,
+}
+_MAX_STAGES, _MAX_CHANNEL_MULT, _MAX_LAYERS, _MAX_TOP_K = 8, 64, 16, 100_000
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -275,14 +288,22 @@ def validate(cfg: ExperimentConfig) -> None:
     for key in _NON_NEGATIVE:
         if values[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {values[key]}")
+    for key, limit in _AT_MOST.items():
+        if values[key] is not None and values[key] > limit:
+            raise ConfigError(f"{key} must be at most {limit:,}, got {values[key]:,}")
     if not 0 <= cfg.train.seed < 2**32:  # numpy and torch generators take it
         raise ConfigError(f"train.seed must be in 0..2**32-1, got {cfg.train.seed}")
     m = cfg.model
     if not m.channel_mults or min(m.channel_mults) < 1:
         raise ConfigError(f"model.channel_mults must be one or more positive integers, "
                           f"got {m.channel_mults}")
+    if len(m.channel_mults) > _MAX_STAGES or max(m.channel_mults) > _MAX_CHANNEL_MULT:
+        raise ConfigError(f"model.channel_mults: at most {_MAX_STAGES} stages of at most {_MAX_CHANNEL_MULT} "
+                          f"times model.base_channels, got {m.channel_mults}")
     if not m.layer_sizes:
         raise ConfigError("model.layer_sizes must list at least one layer")
+    if len(m.layer_sizes) > _MAX_LAYERS:
+        raise ConfigError(f"model.layer_sizes: at most {_MAX_LAYERS} layers, got {len(m.layer_sizes)}")
     minutes = cfg.train.max_minutes
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"train.max_minutes must be a positive number of minutes, got {minutes}")
@@ -323,6 +344,8 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"semantic.loss_form must be 'any' or 'each', got {cfg.semantic.loss_form!r}")
         if min(cfg.semantic.top_k) < 1 or not cfg.semantic.temperature > 0:
             raise ConfigError("semantic.top_k must be >= 1 and semantic.temperature > 0")
+        if max(cfg.semantic.top_k) > _MAX_TOP_K:
+            raise ConfigError(f"semantic.top_k must be at most {_MAX_TOP_K:,}, got {cfg.semantic.top_k}")
         weights = cfg.semantic.layer_weights
         if weights is not None and (len(weights) != len(cfg.semantic.top_k)
                                     or not all(math.isfinite(w) and w >= 0 for w in weights)):

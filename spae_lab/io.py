@@ -1,5 +1,5 @@
 """Files on disk: atomic writes (a reader sees the old file or the complete new one, never half of
-one) and a checked safetensors read (never unpickling)."""
+one), removal of only what a command owns, and a checked safetensors read (never unpickling)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,52 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from spae_lab.errors import SpaeError
+
+
+class OwnershipError(SpaeError):
+    """A path a command was about to remove or replace lies outside the folder it owns."""
+
+
+def owned_path(path: str | os.PathLike, owner: str | os.PathLike) -> Path:
+    """`path`, once proven to lie strictly inside the folder `owner`; OwnershipError otherwise.
+
+    Both are resolved first (`..`, symbolic links of the folders above), so a name such as
+    `x/../../precious`, or a link to elsewhere, cannot lead out. The last component is not
+    followed: a link inside `owner` is itself owned (removing it removes the link only)."""
+    path, owner = Path(path), Path(owner).resolve()
+    if path.name in ("", ".", ".."):
+        raise OwnershipError(f"refusing to remove or replace {str(path)!r}: not a plain name inside {owner}")
+    real = path.parent.resolve() / path.name
+    if real == owner or not real.is_relative_to(owner):
+        raise OwnershipError(f"refusing to remove or replace {path}: it lies outside {owner}, "
+                             f"the folder this command writes")
+    return real
+
+
+def remove_owned(path: str | os.PathLike, owner: str | os.PathLike) -> bool:
+    """Remove the file, link or folder `path` (missing: nothing to do), only if it lies inside
+    `owner` (`owned_path`). A link is removed, never followed. True when something was removed."""
+    real = owned_path(path, owner)
+    if real.is_symlink() or (real.exists() and not real.is_dir()):
+        real.unlink()
+    elif real.is_dir():
+        shutil.rmtree(real)
+    else:
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the `.NAME.XXXX.tmp` files `atomic_write_path` leaves when its writer is killed.
+    Call it only while no other process can be writing `folder` (a run folder's lock held)."""
+    folder = Path(folder)
+    removed = []
+    for path in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        remove_owned(path, folder)
+        removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -33,17 +79,16 @@ def atomic_write_path(target: str | os.PathLike) -> Iterator[Path]:
                 os.fsync(f.fileno())
         if target.is_dir() and tmp.is_dir():
             old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            remove_owned(old, target.parent)
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):  # written already; a leftover .old is harmless
+                remove_owned(old, target.parent)
         else:
             os.replace(tmp, target)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        if tmp.exists() or tmp.is_symlink():
+            remove_owned(tmp, target.parent)
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:

@@ -25,7 +25,11 @@ from spae_lab.quantizer import PyramidQuantizer, QuantizerOutput, standardize, u
 
 
 class ShapeError(SpaeError, ValueError):
-    """Images whose shape does not fit the model."""
+    """Images that do not fit the model: shape, dtype, values outside [0, 1], NaN or inf."""
+
+
+# How far outside [0, 1] a pixel may lie and still be taken (resampling overshoots a little).
+RANGE_TOLERANCE = 1e-3
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -159,6 +163,31 @@ class SPAE(nn.Module):
                 f"resize them (spae_lab.data.load_image does) or use a checkpoint for that size"
             )
 
+    def check_values(self, images: torch.Tensor) -> torch.Tensor:
+        """The public calls' images (`encode`, `reconstruct`): a float tensor (B, 3, S, S), B >= 1,
+        finite values in [0, 1] (within RANGE_TOLERANCE). float64/float16/bfloat16 are cast to the
+        model's dtype and device; uint8 and other types are a ShapeError saying what to do (uint8:
+        divide by 255). Returns the images ready for the encoder."""
+        if not isinstance(images, torch.Tensor):
+            raise ShapeError(f"images must be a torch.Tensor (B, 3, S, S) in [0, 1], got {type(images).__name__}"
+                             " (a numpy array: torch.from_numpy(array))")
+        if images.dtype == torch.uint8:
+            raise ShapeError("images are uint8 (0..255): pass images.float() / 255 (values in [0, 1])")
+        if not images.dtype.is_floating_point:
+            raise ShapeError(f"images must be floating point in [0, 1], got {images.dtype}")
+        self.check_images(images)
+        if images.shape[0] == 0:
+            raise ShapeError("an empty batch: pass at least one image (B >= 1)")
+        weight = next(self.parameters())
+        images = images.to(device=weight.device, dtype=weight.dtype)
+        if not torch.isfinite(images).all():
+            raise ShapeError("images hold NaN or inf values")
+        low, high = images.aminmax()
+        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+            raise ShapeError(f"image values must lie in [0, 1], got {low.item():.4g}..{high.item():.4g} "
+                             f"(from [-1, 1]: (x + 1) / 2; from 0..255: x / 255)")
+        return images
+
     def _to_search_space(self, projection: nn.Module, features: torch.Tensor) -> torch.Tensor:
         z = rearrange(projection(features), "b d h w -> b (h w) d")
         if self.config.normalize:
@@ -204,13 +233,23 @@ class SPAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenPyramid:
-        """images (B, 3, S, S) in [0, 1] -> TokenPyramid (ids, positions, words per layer)."""
-        _, quant = self.quantize(images)
+        """images (B, 3, S, S) in [0, 1] -> TokenPyramid (ids, positions, words per layer).
+        Images are checked first (`check_values`): a ShapeError says what does not fit."""
+        _, quant = self.quantize(self.check_values(images))
         return TokenPyramid([i.cpu() for i in quant.ids], self.layout, self.codebook)
 
     @torch.no_grad()
     def decode(self, pyramid: TokenPyramid, num_layers: int | None = None) -> torch.Tensor:
-        """The first `num_layers` layers of `pyramid` (default: all it has) -> images in [0, 1]."""
+        """The first `num_layers` layers of `pyramid` (None: all it has; 0 is an error) -> images
+        (B, 3, S, S) in [0, 1]."""
+        if not isinstance(pyramid, TokenPyramid):
+            raise PyramidError(f"decode takes a TokenPyramid (encode's output or TokenPyramid.from_text), "
+                               f"got {type(pyramid).__name__}")
+        num_layers = pyramid.check_layers(num_layers)
+        if pyramid.layout != self.layout:
+            raise PyramidError(f"these tokens sit on another pyramid ({pyramid.layout.layer_sizes} on a "
+                               f"{pyramid.layout.grid}x{pyramid.layout.grid} grid) than this tokenizer's "
+                               f"({self.layout.layer_sizes} on {self.layout.grid}x{self.layout.grid})")
         if pyramid.codebook is not self.codebook and (
                 pyramid.codebook.fingerprint() != self.codebook.fingerprint()):
             raise PyramidError(f"these tokens index another codebook ({pyramid.codebook.source}, "

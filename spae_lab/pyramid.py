@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from numbers import Integral
 
 import torch
 
@@ -122,6 +123,29 @@ class TokenPyramid:
     layout: PyramidLayout
     codebook: Codebook
 
+    def __post_init__(self) -> None:
+        """Refuse ids that do not fit: per layer (at least one, at most the layout's) an integer
+        tensor (B, n_l * n_l) with the same B >= 1, each id a row of the codebook (0..V-1; a -1
+        would otherwise wrap around to the last word)."""
+        if not isinstance(self.ids, (list, tuple)) or not 1 <= len(self.ids) <= self.layout.num_layers:
+            count = len(self.ids) if isinstance(self.ids, (list, tuple)) else type(self.ids).__name__
+            raise PyramidError(f"a pyramid holds 1..{self.layout.num_layers} layers of ids, got {count}")
+        self.ids = list(self.ids)
+        sizes, vocabulary = self.layout.tokens_per_layer(), len(self.codebook)
+        for layer, ids in enumerate(self.ids):
+            if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex \
+                    or ids.dtype == torch.bool:
+                what = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+                raise PyramidError(f"layer {layer + 1}: token ids must be an integer tensor, got {what}")
+            batch = self.ids[0].shape[0] if self.ids[0].ndim else 0
+            if ids.ndim != 2 or ids.shape != (batch, sizes[layer]) or batch < 1:
+                raise PyramidError(f"layer {layer + 1} needs ids of shape (B, {sizes[layer]}) with the same "
+                                   f"B >= 1 in every layer, got {tuple(ids.shape)}")
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= vocabulary:
+                raise PyramidError(f"layer {layer + 1}: token ids must be in 0..{vocabulary - 1} (the rows of "
+                                   f"this codebook), got {low}..{high}")
+
     def __len__(self) -> int:
         return self.ids[0].shape[0]
 
@@ -143,23 +167,25 @@ class TokenPyramid:
     def words(self, layer: int, image: int = 0) -> list[str]:
         return [self.codebook.words[i] for i in self.ids[layer][image].tolist()]
 
-    def _layers(self, num_layers: int | None) -> int:
-        """`num_layers`, checked (None or 0: all)."""
-        if not num_layers:
+    def check_layers(self, num_layers: int | None) -> int:
+        """`num_layers` checked against this pyramid (None: all its layers; 0 is an error, not
+        "all")."""
+        if num_layers is None:
             return self.num_layers
-        if not 1 <= num_layers <= self.num_layers:
-            raise PyramidError(f"num_layers must be in 1..{self.num_layers}, got {num_layers}")
-        return num_layers
+        whole = isinstance(num_layers, Integral) and not isinstance(num_layers, bool)
+        if not whole or not 1 <= num_layers <= self.num_layers:
+            raise PyramidError(f"num_layers must be in 1..{self.num_layers} (None: all), got {num_layers!r}")
+        return int(num_layers)
 
     def to_text(self, num_layers: int | None = None, image: int = 0) -> str:
         """The words of the first `num_layers` layers, coarse to fine, space separated: what an LLM
         reads. `from_text` parses it back."""
-        num_layers = self._layers(num_layers)
+        num_layers = self.check_layers(num_layers)
         return " ".join(w for layer in range(num_layers) for w in self.words(layer, image))
 
     def describe(self, num_layers: int | None = None, image: int = 0) -> str:
         """One line per layer: 'layer 2 (2x2): word word word word'."""
-        num_layers = self._layers(num_layers)
+        num_layers = self.check_layers(num_layers)
         lines = []
         for layer in range(num_layers):
             n = self.layout.layer_sizes[layer]

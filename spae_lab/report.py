@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spae_lab.errors import SpaeError
+from spae_lab.io import remove_owned
+from spae_lab.parameters import ParameterError, check_parameter
 
 SUCCEEDED, FAILED = "succeeded", "failed"
 KERNEL_NAME = "python3"  # resolved to the current interpreter by `_current_python_kernel`
@@ -43,6 +44,29 @@ _PACKAGES = ("spae-lab", "torch", "numpy", "matplotlib", "plotly", "pandas", "pa
 
 class ReportError(SpaeError, ValueError):
     """A report request that cannot run: unknown notebook or parameter, no browser."""
+
+
+# A tag or date names a folder of its own under the reports folder: a plain name, never a path.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+
+
+def check_name(value: str, what: str = "--tag") -> str:
+    """`value` if it is a plain name (letters, digits, `-`, `_`, `.` not leading, at most 100),
+    else ReportError: it becomes part of a folder name that a rerun replaces."""
+    if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value):
+        raise ReportError(f"{what} must be a plain name (letters, digits, '-', '_', '.' not first, "
+                          f"at most 100), got {value!r}")
+    return value
+
+
+def check_injected(notebook: str, declared: dict[str, dict], given: dict) -> dict:
+    """`given` parameters checked against the types `declared` by the notebook's parameters cell
+    (`spae_lab.parameters`): the values to inject, or ReportError naming what is wrong."""
+    try:
+        return {name: check_parameter(name, value, declared[name]["inferred_type_name"])
+                if name in declared else value for name, value in given.items()}
+    except ParameterError as e:
+        raise ReportError(f"{notebook}: {e}") from None
 
 
 @dataclass
@@ -266,15 +290,10 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
 
     A notebook that declares an `interactive` parameter gets False unless given: live-kernel
     widgets show nothing in a report, and a batch run with widget comms can hang (nbclient#312)."""
-    papermill = _papermill()
-
     source = Path(notebook)
     name = source.stem
-    date = date or dt.date.today().isoformat()
-    folder = Path(reports_dir) / f"{date}_{name}_{tag}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    check_name(tag)
+    date = check_name(date or dt.date.today().isoformat(), "date")
     parameters = dict(parameters or {})
     error = trace = None
     try:
@@ -282,6 +301,11 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     except Exception as exc:  # not a readable notebook (damaged JSON, ...): a failed run
         declared = {}
         error, trace = _describe_error(exc)
+    parameters = check_injected(name, declared, parameters)
+    papermill = _papermill()
+    folder = Path(reports_dir) / f"{date}_{name}_{tag}"
+    remove_owned(folder, reports_dir)  # a run of the same name is replaced, nothing outside
+    folder.mkdir(parents=True)
     if "interactive" in declared:
         parameters.setdefault("interactive", False)
     effective = {k: _literal(v["default"]) for k, v in declared.items()} | parameters
@@ -332,6 +356,7 @@ def run_reports(notebooks: Sequence[str | os.PathLike], parameters: dict | None 
     per_notebook maps a notebook name to parameters of its own, which win.
     """
     paths = [Path(p) for p in notebooks]
+    check_name(tag)
     declared, unreadable = {}, set()
     for path in paths:
         try:
@@ -349,10 +374,14 @@ def run_reports(notebooks: Sequence[str | os.PathLike], parameters: dict | None 
             raise ReportError(f"parameters for {name!r}, which is not among {list(declared)}")
         if set(own) - set(declared[name]) and name not in unreadable:
             raise ReportError(f"{name} takes no parameter(s) {sorted(set(own) - set(declared[name]))}")
-    runs = []
-    for i, path in enumerate(paths, 1):
+    chosen = {}  # every notebook's parameters checked against its declared types before any runs
+    for path in paths:
         given = {k: v for k, v in parameters.items() if k in declared[path.stem]}
         given.update(per_notebook.get(path.stem, {}) if path.stem not in unreadable else {})
+        chosen[path] = check_injected(path.stem, declared[path.stem], given)
+    runs = []
+    for i, path in enumerate(paths, 1):
+        given = chosen[path]
         if progress:
             print(f"[{i}/{len(paths)}] {path.stem} ...", flush=True)
         run = run_notebook(path, given, reports_dir, tag, hide_code, timeout)

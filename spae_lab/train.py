@@ -14,9 +14,9 @@ a run can be resumed with any number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -45,9 +45,18 @@ from spae_lab.config import ExperimentConfig, create_config
 from spae_lab.data import collate, make_dataset
 from spae_lab.devices import all_mean, autocast_dtype, init_distributed, pick_device
 from spae_lab.evaluate import evaluate
+from spae_lab.io import atomic_write_text, remove_owned
 from spae_lab.losses import training_losses, warmup_cosine
 from spae_lab.model import SPAE
-from spae_lab.runs import METRICS_NAME, append_metrics, has_checkpoint, truncate_metrics
+from spae_lab.runs import (
+    METRICS_NAME,
+    RunFolder,
+    append_metrics,
+    has_checkpoint,
+    record_resume,
+    resume_changes,
+    truncate_metrics,
+)
 from spae_lab.semantic import SemanticGuide
 from spae_lab.teacher import TeacherError
 
@@ -146,22 +155,40 @@ def build_guide(cfg: ExperimentConfig, model: SPAE, device) -> SemanticGuide | N
 def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str = False,
           progress: bool = True, stop_at: int | None = None,
           on_record: Callable[[list[dict]], object] | None = None,
-          on_figure: Callable[[SPAE, Dataset, Path], object] | None = None) -> TrainResult:
+          on_figure: Callable[[SPAE, Dataset, Path], object] | None = None,
+          force: bool = False) -> TrainResult:
     """Train an SPAE tokenizer; writes checkpoint, metrics.jsonl, config.json and figures.
 
     Callbacks (rank 0 only): `on_record(history)` after every log or evaluation record (a live
     plot: `viz.LiveLossPlot.update`); `on_figure(model, heldout, path)` writes the figure at
     `path` every `train.figure_every` steps (default: `viz.save_reconstruction_figure`).
 
-    `resume=True` continues from the run folder's checkpoint (warning when there is none);
-    `resume="auto"` continues when there is one and starts quietly otherwise. `stop_at` ends the
-    run after that step with a checkpoint, as an interruption would (the schedule still targets
-    `train.steps`).
+    The run folder is owned (`spae_lab.runs.RunFolder`): this process holds its lock while it
+    trains (another one fails at once), and a folder that already holds a run is refused
+    (RunFolderError) unless it is resumed or `force` replaces it (its old files, figures included,
+    removed once the new run is ready to write). `resume=True` continues from the run folder's
+    checkpoint (warning when there is none); `resume="auto"` continues when there is one and
+    starts quietly otherwise. A resume keeps every setting that gives the run its meaning (a
+    CheckpointError names any it would change; `runs.RESUMABLE_CHANGES` may change and are recorded
+    in resumes.jsonl). Resuming is exact, step for step, with one torch thread
+    (`train.num_threads=1`); with more, CPU kernels may sum in another order and the runs drift
+    apart in the last bits. `stop_at` ends the run after that step with a checkpoint, as an
+    interruption would (the schedule still targets `train.steps`).
     """
+    folder = RunFolder(run_dir)
+    try:
+        return _train(cfg, folder, resume, force, progress, stop_at, on_record, on_figure)
+    finally:
+        folder.release()
+
+
+def _train(cfg: ExperimentConfig, folder: RunFolder, resume: bool | str, force: bool, progress: bool,
+           stop_at: int | None, on_record: Callable[[list[dict]], object] | None,
+           on_figure: Callable[[SPAE, Dataset, Path], object] | None) -> TrainResult:
     if on_figure is None:
         from spae_lab.viz import save_reconstruction_figure as on_figure  # matplotlib when training
 
-    run_dir = Path(run_dir)
+    run_dir = folder.path
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     ctx = init_distributed(cfg)
@@ -177,15 +204,15 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
 
     checkpoint_path = run_dir / CHECKPOINT_NAME
     metrics_path = run_dir / METRICS_NAME
+    if ctx.is_main:  # refused before any work: locked by another process, or a run to keep
+        folder.check(resume, force)
     auto = resume == "auto"
     resuming = bool(resume) and checkpoint_path.exists()
     if resuming:  # a checkpoint that cannot continue this config fails before anything is loaded
         tensors, metadata = read_checkpoint(checkpoint_path)
         saved = checkpoint_config(metadata, checkpoint_path)
-        if (saved.model, saved.codebook) != (cfg.model, cfg.codebook):
-            raise CheckpointError(f"{checkpoint_path} was trained with another model or codebook "
-                                  f"config (preset {saved.preset!r})")
         start_step = checkpoint_step(metadata, checkpoint_path)
+        changes = resume_changes(saved, cfg, start_step, checkpoint_path)  # none of the run's meaning
 
     train_set, heldout = build_datasets(cfg)
     model = create_tokenizer(cfg).to(device)
@@ -201,6 +228,10 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
     per_rank = cfg.train.batch_size // ctx.world_size
     local = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's part of the batch
     run_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no empty folder
+    if ctx.is_main:
+        folder.acquire()  # the lock, until train returns; stale temporaries of killed writers removed
+        if not resuming and folder.holds_run():
+            folder.clear()  # force, or a resume that found no checkpoint: the old run's files go
     history, initial = [], None
 
     def keep(record: dict) -> None:  # rank 0: into the history, metrics.jsonl and the callback
@@ -217,6 +248,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
             raise CheckpointError(f"{checkpoint_path}: unusable optimizer state: {e}") from e
         if ctx.is_main:
             history = truncate_metrics(metrics_path, start_step)
+            record_resume(run_dir, start_step, changes)
     else:
         start_step = 0
         if resume and not auto and ctx.is_main:
@@ -225,8 +257,8 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
             metrics_path.unlink(missing_ok=True)
             initial = evaluate(model, heldout, guide=guide)
             keep({"step": 0, "eval": initial})
-    if ctx.is_main:
-        (run_dir / "config.json").write_text(cfg.to_json())
+    if ctx.is_main:  # differs from the run's first config.json only in what resumes.jsonl records
+        atomic_write_text(run_dir / "config.json", cfg.to_json())
 
     deadline = time.monotonic() + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
     step = start_step
@@ -324,5 +356,6 @@ def quick_run(preset: str = "tiny", steps: int | None = None, quantizer: str = "
         except OSError:  # another process finished the same run first
             pass
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):  # renamed into place, or a failed run's leftovers
+            remove_owned(scratch, folder.parent)
     return folder

@@ -235,8 +235,11 @@ def encode(e: Env, *images: str) -> list[str]:
 
 
 def train_into_run(e: Env, *args: str) -> list[str]:
-    """`train` with the run folder as --out: a failure must leave the finished run as it was."""
-    return ["train", "--preset", "tiny", "--out", str(e.run), "--quiet", *args]
+    """`train` with the run folder as --out: a failure must leave the finished run as it was, even
+    with --force (given unless the case resumes: the old run is removed only once the new one is
+    ready to write)."""
+    force = [] if "--resume" in args else ["--force"]
+    return ["train", "--preset", "tiny", "--out", str(e.run), "--quiet", *force, *args]
 
 
 def resume_after(damage: Callable[[Env], object]) -> Callable[[Env], list[str]]:
@@ -423,7 +426,7 @@ CHECKPOINT_CASES = [
         "c.safetensors", codebook_fingerprint="0123456789abcdef")],
          fails=r"trained with another codebook than 'smollm2'"),
     case("resume-with-another-preset", lambda e: train_into_run(e, "--resume", "--preset", "small"),
-         fails=r"trained with another model or codebook config \(preset 'tiny'\)"),
+         fails=r"belongs to a run with other settings \(preset 'tiny'\): codebook\.max_size 1024 -> 8192"),
     case("resume-from-truncated-checkpoint", resume_after(lambda e: e.file(
         "run/checkpoint.safetensors", (e.run / "checkpoint.safetensors").read_bytes()[:-100])),
          fails=r"run/checkpoint\.safetensors is not a readable safetensors checkpoint"),
@@ -457,7 +460,63 @@ DECODE_CASES = [
 ]
 
 
-CLI_CASES = IMAGE_CASES + DATASET_CASES + CONFIG_CASES + CHECKPOINT_CASES + DECODE_CASES
+def notebook(cells: str) -> str:
+    """A notebook whose parameters cell holds `cells` (issue 14's report probes)."""
+    return json.dumps({"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": cells,
+                                  "outputs": [], "execution_count": None}],
+                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def report(e: Env, *args: str) -> list[str]:
+    """`report` of one notebook into reports/, beside a folder `precious` that must survive."""
+    e.folder("precious", {"keep.txt": "mine"})
+    books = e.folder("books", {"a.ipynb": notebook("n: int = 1  # a count\nnames: list = ['x']  # words\n")})
+    return ["report", "--notebooks-dir", books, "--out", str(e.root / "reports"), *args]
+
+
+def resume(e: Env, *args: str) -> list[str]:
+    """--resume with the run's own settings, then `args`."""
+    return train_into_run(e, "--resume", "--set", "data.num_images=64", "--set", "data.heldout_images=8", *args)
+
+
+# Issue 14: a run folder is owned, a resume keeps the run's meaning, sizes have upper bounds, a
+# report tag is a plain name and parameters have their declared types.
+OWNERSHIP_CASES = [
+    case("train-over-a-finished-run", lambda e: ["train", "--preset", "tiny", "--out", str(e.run), "--quiet"],
+         fails=r"run already holds a run with a checkpoint at step 2: --resume to continue it, --force to "
+               r"replace it"),
+    case("resume-and-force", lambda e: train_into_run(e, "--resume", "--force"),
+         fails=r"argument --force: not allowed with argument --resume"),
+    case("resume-with-another-seed", lambda e: resume(e, "--seed", "1"),
+         fails=r"other settings \(preset 'tiny'\): train\.seed 0 -> 1; resume it with its own settings"),
+    case("resume-with-another-dataset", lambda e: resume(e, "--dataset", "digits"),
+         fails=r"data\.dataset 'scenes' -> 'digits'"),
+    case("resume-with-another-semantic-loss", lambda e: resume(e, "--set", "semantic.loss_form=each"),
+         fails=r"semantic\.loss_form 'any' -> 'each'"),
+    case("resume-below-the-checkpoint-step", lambda e: resume(e, "--steps", "1"),
+         fails=r"is at step 2, past train\.steps = 1; give at least 2 steps"),
+    case("image-size-far-too-large", lambda e: train_into_run(e, "--set", "model.image_size=65536"),
+         fails=r"model\.image_size must be at most 1,024, got 65,536"),
+    case("batch-far-too-large", lambda e: train_into_run(e, "--batch-size", "100000"),
+         fails=r"train\.batch_size must be at most 4,096"),
+    case("steps-far-too-many", lambda e: train_into_run(e, "--steps", "1000000000"),
+         fails=r"train\.steps must be at most 10,000,000"),
+    case("channels-far-too-wide", lambda e: train_into_run(e, "--set", "model.channel_mults=[1, 2, 1000]"),
+         fails=r"model\.channel_mults: at most 8 stages of at most 64"),
+    case("report-tag-leading-out", lambda e: report(e, "--tag", "x/../../precious"),
+         fails=r"--tag must be a plain name .*got 'x/\.\./\.\./precious'"),
+    case("report-tag-absolute", lambda e: report(e, "--tag", str(e.root / "precious")),
+         fails=r"--tag must be a plain name"),
+    case("report-parameter-not-an-int", lambda e: report(e, "-p", "n=abc"),
+         fails=r"a: parameter 'n' is declared int, got 'abc' \(str\)"),
+    case("report-parameter-not-a-list", lambda e: report(e, "-p", "names=runs/demo"),
+         fails=r"parameter 'names' is declared list, got 'runs/demo'"),
+    case("decode-without-out", lambda e: ["decode", str(e.run), words(e, 1)],
+         fails=r"the following arguments are required: --out"),
+]
+
+
+CLI_CASES = IMAGE_CASES + DATASET_CASES + CONFIG_CASES + CHECKPOINT_CASES + DECODE_CASES + OWNERSHIP_CASES
 
 
 @pytest.mark.parametrize(("setup", "fails", "prints"), CLI_CASES)

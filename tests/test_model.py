@@ -6,7 +6,7 @@ import torch
 from spae_lab.codebook import random_codebook
 from spae_lab.config import create_config
 from spae_lab.model import SPAE, ShapeError
-from spae_lab.pyramid import TokenPyramid
+from spae_lab.pyramid import PyramidError, TokenPyramid
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,70 @@ def test_wrong_image_shape_is_a_clear_error(model):
         model.encode(torch.rand(1, 3, 32, 32))
     with pytest.raises(ShapeError):
         model.encode(torch.rand(3, 16, 16))
+
+
+# The public boundary (issue 14): what encode/decode/reconstruct are given is checked before any
+# work, and every refusal says what to do.
+BAD_IMAGES = [
+    pytest.param(lambda: torch.rand(2, 3, 16, 16) * 2, r"must lie in \[0, 1\], got 0\.\d+\.\.[12]", id="above-1"),
+    pytest.param(lambda: torch.rand(2, 3, 16, 16) * 2 - 1, r"from \[-1, 1\]: \(x \+ 1\) / 2", id="minus-1-to-1"),
+    pytest.param(lambda: torch.full((1, 3, 16, 16), float("nan")), r"NaN or inf", id="nan"),
+    pytest.param(lambda: torch.rand(1, 3, 16, 16).index_fill(3, torch.tensor([0]), float("inf")), r"NaN or inf",
+                 id="inf"),
+    pytest.param(lambda: (torch.rand(1, 3, 16, 16) * 255).to(torch.uint8), r"uint8 .*images\.float\(\) / 255",
+                 id="uint8"),
+    pytest.param(lambda: torch.ones(1, 3, 16, 16, dtype=torch.long), r"floating point", id="int64"),
+    pytest.param(lambda: torch.rand(0, 3, 16, 16), r"empty batch", id="empty-batch"),
+    pytest.param(lambda: torch.rand(1, 3, 16, 16).numpy(), r"torch\.from_numpy", id="numpy-array"),
+    pytest.param(lambda: torch.rand(1, 16, 16, 3), r"\(B, 3, 16, 16\)", id="channels-last"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), BAD_IMAGES)
+@pytest.mark.parametrize("call", ["encode", "reconstruct"])
+def test_bad_images_are_a_shape_error_that_says_what_to_do(model, make, message, call):
+    with pytest.raises(ShapeError, match=message):
+        getattr(model, call)(make())
+
+
+def test_other_float_types_are_converted_and_a_rounding_overshoot_is_taken(model):
+    images = torch.rand(2, 3, 16, 16)
+    want = model.encode(images).ids
+    got = model.encode(images.double()).ids  # cast to the model's float32: the same values
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    assert model.encode(images.half()).ids[0].shape == (2, 1)
+    assert model.encode(images * 1.0008 - 0.0004).ids[0].shape == (2, 1)  # within RANGE_TOLERANCE
+
+
+def test_bad_layer_counts_and_token_ids_are_refused(model):
+    pyramid = model.encode(torch.rand(2, 3, 16, 16))
+    for bad in (0, -1, 6, 2.0, True):
+        with pytest.raises(PyramidError, match=r"num_layers must be in 1\.\.5"):
+            model.decode(pyramid, bad)
+        with pytest.raises(PyramidError, match=r"num_layers must be in 1\.\.5"):
+            model.reconstruct(torch.rand(1, 3, 16, 16), bad)
+    with pytest.raises(PyramidError, match=r"num_layers must be in 1\.\.5"):
+        pyramid.to_text(0)
+    assert model.decode(pyramid, None).shape == (2, 3, 16, 16)
+    layout, codebook = model.layout, model.codebook
+    ids = [t.clone() for t in pyramid.ids]
+    for change, message in [
+        (lambda i: i[0].fill_(-1), r"layer 1: token ids must be in 0\.\.255 .*got -1\.\.-1"),
+        (lambda i: i[2].fill_(256), r"layer 3: token ids must be in 0\.\.255 .*got 256\.\.256"),
+        (lambda i: i.__setitem__(1, i[1].float()), r"layer 2: token ids must be an integer tensor"),
+        (lambda i: i.__setitem__(1, i[1][:, :3]), r"layer 2 needs ids of shape \(B, 4\)"),
+        (lambda i: i.__setitem__(1, i[1][:1]), r"the same B >= 1 in every layer, got \(1, 4\)"),
+        (lambda i: i.clear(), r"1\.\.5 layers of ids, got 0"),
+        (lambda i: i.extend(i[-1:]), r"1\.\.5 layers of ids, got 6"),
+    ]:
+        bad = [t.clone() for t in ids]
+        change(bad)
+        with pytest.raises(PyramidError, match=message):
+            TokenPyramid(bad, layout, codebook)
+    with pytest.raises(PyramidError, match="the same B >= 1"):
+        TokenPyramid([t[:0] for t in ids], layout, codebook)
+    with pytest.raises(PyramidError, match="decode takes a TokenPyramid"):
+        model.decode(ids)
 
 
 def test_paper_preset_builds_a_six_layer_pyramid():

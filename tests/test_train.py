@@ -1,12 +1,14 @@
 """Training: the loss falls, resume is exact, checkpoints load back and refuse a wrong codebook."""
 
 import json
+import re
 
 import pytest
 import torch
 
 from spae_lab.checkpoint import CheckpointError, load_tokenizer, read_checkpoint
 from spae_lab.config import create_config
+from spae_lab.runs import RunFolder, RunFolderError
 from spae_lab.train import batch_indices, learning_rate, train
 
 
@@ -91,3 +93,86 @@ def test_schedule_and_batches():
     assert first == batch_indices(0, 8, 20, seed=0) != batch_indices(0, 8, 20, seed=1)
     epoch = batch_indices(0, 10, 20, 0) + batch_indices(1, 10, 20, 0)
     assert sorted(epoch) == list(range(20))  # one epoch sees every image once
+
+
+# --- the run folder is owned (issue 14) ------------------------------------------------------------
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_refused_unless_resumed_or_forced(trained, tmp_path):
+    run, _ = trained
+    before = _files(run)
+    with pytest.raises(RunFolderError, match=r"already holds a run with a checkpoint at step 30: --resume"):
+        train(_cfg(), run, progress=False)
+    with pytest.raises(RunFolderError, match="resume and force exclude each other"):
+        train(_cfg(), run, resume=True, force=True, progress=False)
+    assert _files(run) == before  # refused before anything was written
+    # force: the old run's files go (a stale figure included), a file of the user's stays
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name, data in before.items():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes(data)
+    (copy / "figures" / "step_999999.png").write_bytes(b"stale")
+    (copy / "notes.txt").write_text("mine")
+    train(_cfg(**{"train.steps": 2, "train.eval_every": 2, "train.figure_every": 2}), copy, force=True,
+          progress=False)
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == ["step_000002.png"]
+    assert (copy / "notes.txt").read_text() == "mine" and not (copy / ".lock").exists()
+    assert read_checkpoint(copy)[1]["step"] == "2"
+
+
+def test_resume_refuses_what_changes_the_run_and_records_what_may_change(trained, tmp_path):
+    run, _ = trained
+    config_json = (run / "config.json").read_text()
+    for overrides, key in [({"train.seed": 1}, "train.seed 0 -> 1"),
+                           ({"data.dataset": "digits"}, "data.dataset 'scenes' -> 'digits'"),
+                           ({"semantic.teacher": "lit:other"}, "semantic.teacher 'lit:builtin' -> 'lit:other'"),
+                           ({"model.quantizer": "rq"}, "model.quantizer 'saq' -> 'rq'"),
+                           ({"train.lr": 0.01}, "train.lr 0.001 -> 0.01")]:
+        with pytest.raises(CheckpointError, match=re.escape(key)):
+            train(_cfg(**overrides), run, resume=True, progress=False)
+        with pytest.raises(CheckpointError, match=re.escape(key)):
+            train(_cfg(**overrides), run, resume="auto", progress=False)
+    assert (run / "config.json").read_text() == config_json  # provenance untouched
+    # more steps (and where it logs) may change: recorded in resumes.jsonl, the checkpoint moves on
+    folder = tmp_path / "run"
+    train(_cfg(**{"train.steps": 2, "train.eval_every": 2, "train.figure_every": 2}), folder, progress=False)
+    (folder / ".checkpoint.safetensors.dead1234.tmp").write_bytes(b"half a checkpoint")  # a killed writer's
+    result = train(_cfg(**{"train.steps": 4, "train.eval_every": 4, "train.figure_every": 4}), folder,
+                   resume=True, progress=False)
+    assert result.step == 4 and not list(folder.glob(".*.tmp"))
+    resumes = [json.loads(line) for line in (folder / "resumes.jsonl").read_text().splitlines()]
+    assert resumes[0]["step"] == 2 and resumes[0]["changed"]["train.steps"] == [2, 4]
+    assert json.loads((folder / "config.json").read_text())["train"]["steps"] == 4
+
+
+def test_a_locked_run_folder_is_refused_in_one_line(tmp_path):
+    """While a process holds the folder's lock, a second `spae-lab train` fails at once, in one
+    line naming the holder; once it is released the folder is free again."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = RunFolder(tmp_path / "run")
+    folder.acquire()
+    try:
+        script = Path(sys.executable).with_name("spae-lab")
+        proc = subprocess.run([str(script), "train", "--preset", "tiny", "--steps", "2", "--quiet",
+                               "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [f"spae-lab train: error: {tmp_path / 'run'} is being written by "
+                                            f"another process (pid {os.getpid()})"]
+        with pytest.raises(RunFolderError, match="being written by another process"):
+            train(_cfg(), tmp_path / "run", progress=False)
+    finally:
+        folder.release()
+    assert not (tmp_path / "run" / ".lock").exists()
+    again = RunFolder(tmp_path / "run")
+    again.acquire()  # free again
+    again.release()

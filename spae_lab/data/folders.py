@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import unicodedata
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,12 +56,13 @@ def _entry_for(relpath: str, root_class: str) -> _Entry | None:
     """An entry for an image path relative to the root, or None for hidden/non-image files.
 
     The class is the folder that directly contains the file; images at the top level get
-    ``root_class`` (the folder / archive name).
+    ``root_class`` (the folder / archive name). Class names are Unicode-normalised (NFC): macOS
+    writes "café" decomposed, Linux keeps what it is given, and both must be one class.
     """
     parts = PurePosixPath(relpath).parts
     if not parts or _is_hidden(parts) or not _is_image_name(relpath):
         return None
-    return _Entry(relpath, parts[-2] if len(parts) > 1 else root_class)
+    return _Entry(relpath, unicodedata.normalize("NFC", parts[-2] if len(parts) > 1 else root_class))
 
 
 def _scan_folder(root: Path) -> list[_Entry]:
