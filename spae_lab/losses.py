@@ -89,18 +89,20 @@ def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor,
 
 
 def training_losses(out, images: torch.Tensor, cfg: ExperimentConfig, model, guide=None,
-                    step: int = 0) -> dict[str, torch.Tensor]:
+                    step: int = 0, indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every weighted loss term of one training step, by name (their sum is the loss).
 
     out: the model's forward output (reconstructions in [-1, 1], quantizer output); images (B, 3,
-    S, S) in [0, 1]; `guide` (a `semantic.SemanticGuide`) is needed when the semantic loss is on.
+    S, S) in [0, 1]; `guide` (a `semantic.SemanticGuide`) is needed when the semantic loss is on;
+    `indices` (B,), the images' dataset indices, let it read the teacher's top-K words from its
+    cached table instead of running the teacher.
     """
     losses = reconstruction_losses(out.reconstructions.float(), images * 2 - 1, cfg.loss)
     losses["commitment"] = cfg.loss.commitment_weight * out.quant.commitment_loss
     if model.quantizer.projection is not None:
         losses["codebook"] = cfg.loss.codebook_weight * out.quant.codebook_loss
     if cfg.semantic.enabled:
-        top_ids = guide.top_words(images)
+        top_ids = guide.top_words(images, indices)
         # distances computed once: the quantizer's search scores feed the softmax
         losses["semantic"] = guide.weight(step, cfg.train.steps) * semantic_loss_from_scores(
             out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature,

@@ -3,8 +3,9 @@
 SPAE (reconstructed, see shared/docs/spae-method.md section 1): the vector that picks a semantic
 layer's token is pulled towards the teacher's top-K words for the image. The loss itself
 (`losses.semantic_loss`) and its weight schedule (`losses.warmup_cosine`) live with the other
-loss terms; this module holds the teacher side: relevance of every word, top-K targets, and
-health metrics of the words chosen.
+loss terms; this module holds the teacher side: relevance of every word, top-K targets (live, or
+read from a table computed once per training set: `spae_lab.teacher_cache`), and health metrics of
+the words chosen.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from spae_lab.codebook import Codebook
 from spae_lab.config import SemanticConfig
 from spae_lab.losses import warmup_cosine
 from spae_lab.teacher import Teacher, load_teacher
+from spae_lab.teacher_cache import TopWordsTable, load_or_compute
 
 
 class SemanticGuide:
@@ -25,6 +27,7 @@ class SemanticGuide:
         self.codebook = codebook
         self.config = config
         self.word_embeddings = teacher.word_embeddings(codebook)  # (V, E), cached on disk
+        self.cached: TopWordsTable | None = None  # the training set's top-K words (cache_top_words)
 
     @classmethod
     def from_config(cls, config: SemanticConfig, codebook: Codebook, device="cpu") -> SemanticGuide:
@@ -36,11 +39,28 @@ class SemanticGuide:
         return self.teacher.relevance(images, self.word_embeddings)
 
     @torch.no_grad()
-    def top_words(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, max K) codebook rows of the most relevant words, best first."""
+    def top_words(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, max K) codebook rows of the most relevant words, best first. With the images'
+        dataset `indices` (B,) and a table from `cache_top_words`, read from the table (the same
+        words, without the teacher's forward)."""
+        if indices is not None and self.cached is not None:
+            return self.cached.lookup(indices).to(images.device)
         return self.relevance(images).topk(max(self.config.top_k), dim=1).indices
+
+    def cache_top_words(self, dataset, progress: bool = False) -> TopWordsTable:
+        """Compute (or read from the on-disk cache) the top-K words of every item of `dataset`, the
+        training set whose indices `top_words` will be given. The teacher is frozen and the items
+        are fixed, so the table holds what the live path computes."""
+        self.cached = load_or_compute(self.teacher, self.word_embeddings, self.codebook.fingerprint(),
+                                      dataset, max(self.config.top_k), _image_size(dataset), progress)
+        return self.cached
 
     def weight(self, step: int, total_steps: int) -> float:
         """The semantic loss weight at `step` (`losses.warmup_cosine`)."""
         c = self.config
         return warmup_cosine(step, total_steps, c.warmup_steps, c.weight, c.final_weight_ratio)
+
+
+def _image_size(dataset) -> int:
+    """Side of the dataset's images (part of a table's cache key)."""
+    return int(dataset[0]["image"].shape[-1]) if len(dataset) else 0

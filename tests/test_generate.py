@@ -128,7 +128,7 @@ def _writer(model, tiny_llm, path, **decode):
 
 
 def test_every_written_word_is_a_codebook_word_and_known_words_stay(model, tiny_llm, tmp_path):
-    writer = _writer(model, tiny_llm, tmp_path / "c.sqlite")
+    writer = _writer(model, tiny_llm, tmp_path / "c.sqlite", vocabulary="codebook")
     assert isinstance(writer, HFWordWriter) and writer.unwritable == 0
     V, sizes = len(model.codebook), model.layout.tokens_per_layer()
     g = torch.Generator().manual_seed(0)
@@ -250,3 +250,31 @@ def test_cli_writes_images_at_input_size_csv_prompts_and_cache(tokenizer_run, ti
     prefixes = {json.loads(line)["prefix_id"] for line in (out / "prefixes.jsonl").read_text().splitlines()}
     assert calls and all(c["prefix_id"] in prefixes for c in calls)
     assert "images, results.csv" in capsys.readouterr().out
+
+
+def test_repeated_ngrams_are_banned_within_the_layer():
+    from spae_lab.generate.decode import _repeated_ngram_tokens
+
+    assert _repeated_ngram_tokens([1, 2, 1], 2) == {2}
+    assert _repeated_ngram_tokens([1, 2, 3], 2) == set()
+    assert _repeated_ngram_tokens([5, 6], 1) == {5, 6}
+    assert _repeated_ngram_tokens([1, 2, 1], 0) == set()
+
+
+@pytest.mark.parametrize("vocabulary", ["context", "position"])
+def test_copy_vocabularies_write_only_the_examples_words(model, tiny_llm, tmp_path, vocabulary):
+    writer = _writer(model, tiny_llm, tmp_path / "v.sqlite", vocabulary=vocabulary,
+                     no_repeat_ngram=2)
+    sizes = model.layout.tokens_per_layer()[:4]
+    g = torch.Generator().manual_seed(3)
+    V = len(model.codebook)
+    targets = [[torch.randint(V, (n,), generator=g).tolist() for n in sizes] for _ in range(3)]
+    examples = [T.class_example(str(k), t) for k, t in enumerate(targets)]
+    out = progressive_decode(writer, examples, [T.class_query("1", sizes)], sizes)[0]
+    for layer, rows in enumerate(out):
+        for p, r in enumerate(rows):
+            if vocabulary == "position":
+                assert r in {t[layer][p] for t in targets}
+            else:
+                assert r in {w for t in targets for w in t[layer]}
+    writer.llm.close()

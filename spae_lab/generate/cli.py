@@ -31,12 +31,20 @@ def add_generate_parser(subparsers):
                    help="class: context examples of each digit")
     p.add_argument("--episodes", type=int, default=5,
                    help="class / arithmetic: context draws, one image per digit each")
+    p.add_argument("--class-context", choices=["mixed", "last", "same"], default="mixed",
+                   help="class / arithmetic: examples of every digit (mixed), the requested "
+                   "digit's last (last), or only the requested digit's (same)")
     p.add_argument("--layers", type=int, default=0, help="layers the LLM writes (0 = all)")
     p.add_argument("--tokens-per-call", type=int, default=2, help="words per LLM call (V2L: 2)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sampled")
     p.add_argument("--schedule", type=float, nargs=3, metavar=("START", "END", "COUNT"),
                    default=(0.50, 0.23, 10),
                    help="denoise: replacement ratio of the first and last context copy, copies")
+    p.add_argument("--vocabulary", choices=["codebook", "context", "position"], default="position",
+                   help="words the LLM may write: any codebook word, the words the examples use "
+                   "in that layer, or the words the examples hold at that position")
+    p.add_argument("--no-repeat-ngram", type=int, default=0,
+                   help="never repeat an n-gram within the layer being written (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="context draws, corruptions, sampling")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
@@ -53,9 +61,11 @@ def cmd_generate(args) -> int:
     start, end, count = args.schedule
     config = GenerationConfig(
         examples=args.examples, examples_per_class=args.examples_per_class,
-        episodes=args.episodes, images=args.images, layers=args.layers, seed=args.seed,
-        decode=DecodeConfig(tokens_per_call=args.tokens_per_call,
-                            temperature=args.temperature, seed=args.seed),
+        episodes=args.episodes, images=args.images, class_context=args.class_context,
+        layers=args.layers, seed=args.seed,
+        decode=DecodeConfig(tokens_per_call=args.tokens_per_call, temperature=args.temperature,
+                            seed=args.seed, vocabulary=args.vocabulary,
+                            no_repeat_ngram=args.no_repeat_ngram),
         schedule=CorruptionSchedule(start, end, int(count)))
     result = run_generation(args.task, args.tokenizer, input=args.input, out=args.out,
                             backend=args.backend, config=config, context=args.context,
@@ -63,3 +73,15 @@ def cmd_generate(args) -> int:
     print(json.dumps(result["summary"], indent=2))
     print(f"images, results.csv, prompts and the LLM cache in {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m spae_lab.generate TASK ...`: the same command as `spae-lab generate TASK ...`."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m spae_lab.generate")
+    add_generate_parser(parser.add_subparsers(dest="command"))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(["generate", *argv])
+    return args.func(args)

@@ -1,6 +1,6 @@
 """Progressive in-context decoding: a frozen LLM writes a token pyramid, layer by layer.
 
-SPAE section 4 (shared/docs/spae-method.md): the LLM writes an image's words coarse to fine, a few
+SPAE (Yu et al. 2023) section 4: the LLM writes an image's words coarse to fine, a few
 words per call, each prompt holding the in-context examples up to the current layer:
 
     <condition of example 1><its words, layers 1..l, ' |' between layers>
@@ -37,6 +37,7 @@ from spae_lab.llm.base import GenerationParams, LLMError
 from spae_lab.llm.cache import CachedBackend
 
 LAYER_SEPARATOR = " |"
+VOCABULARIES = ("codebook", "context", "position")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class DecodeConfig:
     tokens_per_call: int = 2  # words per LLM call (V2L: 2)
     temperature: float = 0.0  # 0: greedy; > 0: sampled from the codebook-masked softmax
     seed: int = 0  # sampling seed (each call draws from its own generator, seeded by its prompt)
+    # words the LLM may write: "codebook" (all of them), "context" (those the in-context examples
+    # use in the layer being written) or "position" (those the examples hold at the position
+    # being written: a copy vocabulary). With all words, SmolLM2-135M drifts into "of the world
+    # of the world" or one word repeated after a few words of a deep layer.
+    vocabulary: str = "position"
+    # n > 0: never repeat an n-gram within the layer being written (HF's no_repeat_ngram_size,
+    # applied to the layer's own words only, so copying an example stays possible); 0: off
+    no_repeat_ngram: int = 0
 
 
 @dataclass
@@ -98,9 +107,14 @@ class WordWriter:
     def request(self, prefix: str, query: str, count: int) -> dict:
         return self.llm.request("write_words", prefix=prefix, query=query, count=count,
                                 vocabulary=self.vocabulary_id, kind=type(self).__name__,
-                                decode=dataclasses.asdict(self.config))
+                                decode=dataclasses.asdict(self.config),
+                                allowed=_sha(str(getattr(self, "_allowed_steps", None))))
 
-    def write(self, prefix: str, head: str, body: str, count: int) -> list[int]:
+    def write(self, prefix: str, head: str, body: str, count: int,
+              allowed: Sequence[Sequence[int]] | None = None) -> list[int]:
+        """`allowed[step]`: the codebook rows it may write at each of the `count` steps (None:
+        every word)."""
+        self._allowed_steps = None if allowed is None else [sorted(set(a)) for a in allowed]
         request = self.request(prefix, head + body, count)
         key = CachedBackend.key(request)
         found = self.llm.cache.get_many([key])
@@ -184,9 +198,20 @@ class HFWordWriter(WordWriter):
             self._append(token)
         rows = []
         for step in range(count):
-            pick = self._pick(self._after[-1][self.allowed], prefix, head + body, step)
-            rows.append(int(self.rows[pick]))
-            self._append(int(self.allowed[pick]))
+            rows_ok, tokens_ok = self.rows, self.allowed
+            if self._allowed_steps is not None:
+                keep = torch.isin(self.rows, torch.tensor(self._allowed_steps[step]))
+                if keep.any():
+                    rows_ok, tokens_ok = self.rows[keep], self.allowed[keep]
+            scores = self._after[-1][tokens_ok].clone()
+            banned = _repeated_ngram_tokens(self._body, self.config.no_repeat_ngram)
+            if banned:
+                hit = torch.isin(tokens_ok, torch.tensor(sorted(banned)))
+                if not hit.all():
+                    scores[hit] = float("-inf")
+            pick = self._pick(scores, prefix, head + body, step)
+            rows.append(int(rows_ok[pick]))
+            self._append(int(tokens_ok[pick]))
         return rows
 
     def _append(self, token: int) -> None:
@@ -203,6 +228,15 @@ class HFWordWriter(WordWriter):
         return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def _repeated_ngram_tokens(tokens: list[int], n: int) -> set[int]:
+    """Tokens that would end an n-gram already present in `tokens` (none for n <= 0)."""
+    if n <= 0 or len(tokens) < n - 1:
+        return set()
+    context = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1)
+            if tuple(tokens[i:i + n - 1]) == context}
+
+
 class TextWordWriter(WordWriter):
     """Free text from any backend, mapped onto the codebook word by word."""
 
@@ -212,23 +246,28 @@ class TextWordWriter(WordWriter):
         self.index = {w: i for i, w in enumerate(self.words)}
         self.snapped = 0  # words that were not codebook words
 
-    def nearest(self, word: str) -> int:
-        """The codebook row of `word`, else of the closest spelling (difflib), else row 0."""
+    def nearest(self, word: str, rows: Sequence[int] | None = None) -> int:
+        """The codebook row of `word` (among `rows`, default all), else of the closest spelling
+        (difflib), else the first allowed row."""
         word = word.strip(".,;:!?\"'()[]").lower()
-        if word in self.index:
+        if word in self.index and (rows is None or self.index[word] in rows):
             return self.index[word]
         self.snapped += 1
-        close = difflib.get_close_matches(word, self.words, n=1, cutoff=0.0)
-        return self.index[close[0]] if close else 0
+        pool = self.words if rows is None else [self.words[r] for r in rows]
+        close = difflib.get_close_matches(word, pool, n=1, cutoff=0.0)
+        return self.index[close[0]] if close else (rows[0] if rows else 0)
 
     def compute(self, prefix: str, head: str, body: str, count: int) -> list[int]:
         params = GenerationParams(max_new_tokens=4 * count, stop=("\n", "|"),
                                   temperature=self.config.temperature)
         text = self.llm.generate_shared_prefix(prefix, [head + body], params)[0]
-        rows = [self.nearest(w) for w in text.split()[:count]]
-        while len(rows) < count:  # too few words: repeat the last (or the first word)
+        steps = self._allowed_steps or [None] * count
+        rows = [self.nearest(w, a) for w, a in zip(text.split(), steps, strict=False)]
+        while len(rows) < count:  # too few words: the last again (or the first allowed word)
             self.snapped += 1
-            rows.append(rows[-1] if rows else 0)
+            allowed = steps[len(rows)]
+            rows.append(rows[-1] if rows and (allowed is None or rows[-1] in allowed)
+                        else (allowed or [0])[0])
         return rows
 
 
@@ -258,6 +297,10 @@ def progressive_decode(writer: WordWriter, examples: Sequence[Example], queries:
     for depth in range(1, num_layers + 1):
         prefix = layer_prefix(examples, depth, words)
         size = tokens_per_layer[depth - 1]
+        vocabulary = writer.config.vocabulary
+        if vocabulary not in VOCABULARIES:
+            raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {vocabulary!r}")
+        layer_words = sorted({r for e in examples for r in e.target[depth - 1]})
         for query in queries:
             known = query.known[depth - 1]
             head = query.conditions[depth - 1] + words_text(query.written, words)
@@ -271,8 +314,14 @@ def progressive_decode(writer: WordWriter, examples: Sequence[Example], queries:
                 while (len(rows) + run < size and known[len(rows) + run] is None
                        and run < writer.config.tokens_per_call):
                     run += 1
+                allowed = None
+                if vocabulary == "context" and examples:
+                    allowed = [layer_words] * run
+                elif vocabulary == "position" and examples:
+                    allowed = [[e.target[depth - 1][p] for e in examples]
+                               for p in range(len(rows), len(rows) + run)]
                 rows += writer.write(prefix, head, words_text([rows], words) if rows else "",
-                                     run)
+                                     run, allowed)
                 if on_call is not None:
                     on_call()
             query.written.append(rows)

@@ -52,6 +52,10 @@ class GenerationConfig:
     examples_per_class: int = 2  # class: examples of each digit in the context
     arithmetic_examples: int = 30  # arithmetic: "a+b" examples in the context
     episodes: int = 5  # class / arithmetic: context draws, each writing one image per digit
+    # class / arithmetic context: "mixed" (every digit's examples, shuffled; the label alone says
+    # which digit), "last" (the same, with the requested digit's examples moved to the end) or
+    # "same" (only examples of the requested digit)
+    class_context: str = "mixed"
     images: int = 20  # image tasks: query images (0: every input image)
     layers: int = 0  # pyramid layers the LLM writes (0: all); the rest are not decoded
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -222,12 +226,15 @@ def _image_task(model, cfg: GenerationConfig, data, context_data):
 
 
 def _class_task(model, cfg: GenerationConfig, data):
-    """Episodes of class-conditional (or arithmetic) digits: (examples, queries, requested)."""
+    """Groups of class-conditional (or arithmetic) digits, each (examples, queries, requested
+    digits, example rows): one group per episode with a "mixed" context, one per query with
+    "same" (only the requested digit's examples) or "last" (the requested digit's examples
+    moved to the end)."""
     labels = [int(x) for x in getattr(data, "labels", [data[i]["label"] for i in range(len(data))])]
     by_class = {c: [i for i, y in enumerate(labels) if y == c] for c in range(10)}
     rng = random.Random(cfg.seed)
     sizes = model.layout.tokens_per_layer()
-    episodes, context_keys = [], []
+    groups = []
     for _ in range(cfg.episodes):
         if cfg.task == "class":
             picks = [(str(c), c, i) for c in range(10)
@@ -241,10 +248,18 @@ def _class_task(model, cfg: GenerationConfig, data):
         rng.shuffle(picks)
         rows = T.pyramids_of(model.encode(_images(data, [i for _, _, i in picks])).ids)
         examples = [T.class_example(text, r) for (text, _, _), r in zip(picks, rows, strict=True)]
-        queries = [T.class_query(text, sizes) for text, _ in asked]
-        episodes.append((examples, queries, [c for _, c in asked], [i for *_, i in picks], rows))
-        context_keys.append([i for *_, i in picks])
-    return episodes
+        values = [value for _, value, _ in picks]
+        if cfg.class_context == "mixed":
+            groups.append((examples, [T.class_query(t, sizes) for t, _ in asked],
+                           [c for _, c in asked], rows))
+            continue
+        for text, c in asked:
+            mine = [k for k, v in enumerate(values) if v == c]
+            order = mine if cfg.class_context == "same" else \
+                [k for k, v in enumerate(values) if v != c] + mine
+            groups.append(([examples[k] for k in order], [T.class_query(text, sizes)], [c],
+                           [rows[k] for k in order]))
+    return groups
 
 
 def run_generation(task: str, tokenizer, input=None, out="runs/generate", backend="hf:smollm2",
@@ -342,6 +357,11 @@ def _run_images(model, cfg, data, context_data, writer, layers, sizes, out, prog
                (("generated", written), ("corrupted", inputs), ("no-LLM fill", fills),
                 ("clean tokens", target_rows))}
     by_layer = torch.stack([decode_rows(model, written, d) for d in range(1, layers + 1)])
+    first = groups[0][0][:8]  # the first group's examples (denoise: the first query's copies)
+    context = []
+    if first:
+        images_ctx = decode_rows(model, [e.target[:layers] for e in first], layers)
+        context = list(zip(["example"] * len(first), images_ctx, strict=True))
     names = _names(data, indices)
     sizes_px = _original_sizes(data, indices)
     for k, (name, wh) in enumerate(zip(names, sizes_px, strict=True)):
@@ -370,7 +390,8 @@ def _run_images(model, cfg, data, context_data, writer, layers, sizes, out, prog
             summary[column] = round(float(frame[column].mean()), 4)
     return {"summary": summary, "records": frame, "written": written, "inputs": inputs,
             "fills": fills, "decoded": decoded, "by_layer": by_layer, "targets": targets_img,
-            "prefixes": prefixes, "names": names}
+            "prefixes": prefixes, "names": names, "context": context,
+            "conditions": decoded["corrupted"]}
 
 
 def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifier):
@@ -382,7 +403,7 @@ def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifi
     bar = _Progress(total, f"generate {cfg.task}", progress)
     written, asked, prompts_text, copies, prefixes, overlap = [], [], [], [], {}, []
     rng = random.Random(cfg.seed + 1)
-    for e, (examples, queries, requested, picks, rows) in enumerate(episodes):
+    for e, (examples, queries, requested, rows) in enumerate(episodes):
         out_rows = progressive_decode(writer, examples, queries, sizes, layers, bar)
         for d in range(1, layers + 1):
             prefixes[f"{e}-{d}"] = layer_prefix(examples, d, words)
@@ -423,6 +444,8 @@ def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifi
                "accuracy": float(frame["correct"].mean()), "chance": 0.1,
                "accuracy_by_digit": {int(c): float(g["correct"].mean())
                                      for c, g in frame.groupby("requested")},
+               "accuracy_by_depth": [float((classifier.predict(img) == torch.tensor(asked))
+                                           .float().mean()) for img in by_layer],
                "copy_reference_accuracy": float((frame["copy_reference"] == frame["requested"]).mean()),
                "classifier_real_heldout": classifier.accuracy(real_images, real_labels),
                "classifier_reconstructed_heldout": classifier.accuracy(
@@ -432,9 +455,13 @@ def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifi
                "distinct_outputs": len({str(w) for w in written}),
                "every_word_in_codebook": all(0 <= r < len(words) for p in written
                                              for layer in p for r in layer)}
+    first = episodes[0][0][:8]
+    context = list(zip([e.conditions[0].removeprefix("An image of ").rstrip(":") for e in first],
+                       decode_rows(model, [e.target[:layers] for e in first], layers), strict=True))
     return {"summary": summary, "records": frame, "written": written, "decoded":
             {"generated": generated, "copy reference": copied}, "by_layer": by_layer,
-            "prefixes": prefixes, "names": list(frame["image"]), "requested": asked}
+            "prefixes": prefixes, "names": list(frame["image"]), "requested": asked,
+            "context": context, "conditions": prompts_text, "targets": None}
 
 
 def _value(condition: str) -> int:
