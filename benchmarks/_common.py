@@ -1,8 +1,10 @@
-"""Shared helpers of the benchmark scripts: interleaved medians and peak memory of a child."""
+"""Shared helpers of the benchmark scripts: interleaved medians, peak memory of a child, a fixed
+background load."""
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -60,3 +62,49 @@ def run_child(script: str, args: list[str]) -> dict:
 def load_average() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
+
+
+# A fixed background load: N Python processes, each multiplying matrices in a loop at a fixed
+# thread count, like the other jobs of a CI runner or a shared machine.
+_LOAD_LOOP = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+a = torch.randn(int(sys.argv[2]), int(sys.argv[2]))
+while True:
+    b = a @ a
+"""
+
+
+class BackgroundLoad:
+    """Context manager: `processes` busy processes (torch matmuls of `size` x `size`, `threads`
+    threads each) for the duration of the block; none when processes == 0."""
+
+    def __init__(self, processes: int = 2, threads: int = 1, size: int = 256):
+        self.processes, self.threads, self.size = processes, threads, size
+        self._procs: list[subprocess.Popen] = []
+
+    def describe(self) -> str:
+        if not self.processes:
+            return "none"
+        return f"{self.processes} processes x {self.threads} thread(s), {self.size}x{self.size} matmuls"
+
+    def __enter__(self) -> BackgroundLoad:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        for _ in range(self.processes):
+            self._procs.append(subprocess.Popen(
+                [sys.executable, "-c", _LOAD_LOOP, str(self.threads), str(self.size)], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if self.processes:
+            time.sleep(3.0)  # torch imported, loops running
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()

@@ -2,12 +2,19 @@
 same backbone (encoder, decoder, 1x1 projections) with a learned codebook of the same size and
 search dimension, one layer of G x G tokens, straight-through, commitment + codebook losses.
 
-The SPAE step is the training loop's: forward with random depths, pixel + gradient losses,
-commitment, codebook, and the semantic loss with the teacher's top-K words (the teacher's forward
-included); "SPAE, no semantic" leaves the teacher out. Timings are interleaved medians of one run;
-peak extra memory of a step is measured in a fresh child process per variant.
+The SPAE step is the training loop's (`spae_lab.train.training_step`): forward with random
+depths, pixel + gradient losses, commitment, codebook, the semantic loss, backward, gradient
+clipping and AdamW; the plain VQ step clips and steps the same way. Variants: "spae" reads the
+teacher's top-K words from the table computed once per training set (the default,
+`semantic.cache_top_words`), "spae_live_teacher" runs the teacher's forward in every step (as
+before that table), "spae_no_semantic" leaves the teacher and the semantic loss out. The batch is
+32 CIFAR-10 images through the training data path (the 300-image sample that ships).
 
-    .venv/bin/python benchmarks/bench_train_step.py [--preset small] [--json out.json]
+Timings are interleaved medians of one run, so every ratio is against a plain VQ step measured in
+the same run; `--load N` runs N busy background processes meanwhile (`_common.BackgroundLoad`).
+Peak extra memory of a step is measured in a fresh child process per variant.
+
+    .venv/bin/python benchmarks/bench_train_step.py [--preset small] [--load 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    BackgroundLoad,
     interleaved_medians,
     load_average,
     peak_rss_mb,
@@ -56,6 +64,7 @@ class PlainVQAutoencoder(nn.Module):
 def build(preset: str, batch_size: int, device: str = "cpu", overrides: dict | None = None):
     from spae_lab.codebook import load_codebook
     from spae_lab.config import create_config
+    from spae_lab.data import collate, make_dataset
     from spae_lab.model import SPAE
     from spae_lab.semantic import SemanticGuide
 
@@ -63,54 +72,46 @@ def build(preset: str, batch_size: int, device: str = "cpu", overrides: dict | N
     torch.manual_seed(0)
     spae = SPAE(cfg.model, load_codebook(cfg.codebook)).to(device)
     guide = SemanticGuide.from_config(cfg.semantic, spae.codebook, device)
+    dataset = make_dataset("cifar10-sample", cfg.model.image_size)
+    guide.cache_top_words(dataset)
     torch.manual_seed(0)
     plain = PlainVQAutoencoder(SPAE(cfg.model, spae.codebook)).to(device)
-    images = torch.rand(batch_size, 3, cfg.model.image_size, cfg.model.image_size, device=device)
-    return cfg, spae, guide, plain, images
+    indices = torch.arange(batch_size) * (len(dataset) // batch_size)  # every class
+    images = collate([dataset[i] for i in indices.tolist()])["image"].to(device)
+    return cfg, spae, guide, plain, images, indices
 
 
 def steps(preset: str, batch_size: int, device: str = "cpu", amp_dtype: torch.dtype | None = None,
           overrides: dict | None = None) -> tuple[dict, dict]:
-    """The three step functions, and facts about the shapes. With `amp_dtype`, the forward and
+    """The step functions, and facts about the shapes. With `amp_dtype`, the forward and
     the losses run under autocast, as the training loop does on CUDA (bf16)."""
-    from spae_lab.losses import reconstruction_losses, semantic_loss_from_scores
-    from spae_lab.train import sample_depths
+    from dataclasses import replace
 
-    cfg, spae, guide, plain, images = build(preset, batch_size, device, overrides)
+    from spae_lab.losses import reconstruction_losses
+    from spae_lab.train import sample_depths, training_step
+
+    cfg, spae, guide, plain, images, indices = build(preset, batch_size, device, overrides)
     opt_spae = torch.optim.AdamW(spae.parameters(), lr=1e-4)
     opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-4)
     depths = sample_depths(0, batch_size, spae.num_layers, cfg).to(device)
-    guided = len(cfg.semantic.top_k)
+    no_semantic = replace(cfg, semantic=replace(cfg.semantic, enabled=False))
     device_type = torch.device(device).type
 
-    def autocast():
-        return torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-
-    def spae_step(semantic: bool) -> None:
-        with autocast():
-            out = spae(images, depths, score_layers=guided if semantic else 0)
-            losses = reconstruction_losses(out.reconstructions.float(), images * 2 - 1, cfg.loss)
-            loss = sum(losses.values()) + cfg.loss.commitment_weight * out.quant.commitment_loss
-            loss = loss + cfg.loss.codebook_weight * out.quant.codebook_loss
-            if semantic:
-                top_ids = guide.top_words(images)
-                loss = loss + cfg.semantic.weight * semantic_loss_from_scores(
-                    out.quant.scores, top_ids, cfg.semantic.top_k, cfg.semantic.temperature,
-                    spae.quantizer.dim, cfg.semantic.layer_weights)
-        opt_spae.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_spae.step()
+    def spae_step(config, batch_indices) -> None:
+        training_step(spae, spae, opt_spae, images, depths, config, guide, 1000, batch_indices, amp_dtype)
 
     def plain_step() -> None:
-        with autocast():
+        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             recon, vq_loss = plain(images)
             loss = sum(reconstruction_losses(recon.float(), images * 2 - 1, cfg.loss).values()) + vq_loss
         opt_plain.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.train.grad_clip)
         opt_plain.step()
 
-    fns = {"plain_vq": plain_step, "spae": lambda: spae_step(True),
-           "spae_no_semantic": lambda: spae_step(False)}
+    fns = {"plain_vq": plain_step, "spae": lambda: spae_step(cfg, indices),
+           "spae_live_teacher": lambda: spae_step(cfg, None),
+           "spae_no_semantic": lambda: spae_step(no_semantic, None)}
     facts = {"preset": preset, "batch_size": batch_size, "spae_tokens_per_image": spae.layout.cumulative_tokens()[-1],
              "plain_tokens_per_image": spae.layout.num_positions, "codebook_size": len(spae.codebook),
              "search_dim": spae.quantizer.dim, "image_size": cfg.model.image_size}
@@ -122,9 +123,13 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--load", type=int, default=0, help="busy background processes (0: quiet)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         fns, _ = steps(args.preset, args.batch_size)
         fn = fns[args.child[0]]
@@ -135,25 +140,30 @@ def main() -> None:
         print(json.dumps({"peak_extra_mb": peak_rss_mb() - before}))
         return
 
-    load_before = load_average()
     fns, facts = steps(args.preset, args.batch_size)
-    t = interleaved_medians(fns, args.repeats, warmup=2)
+    with BackgroundLoad(args.load) as background:
+        load_before = load_average()
+        t = interleaved_medians(fns, args.repeats, warmup=2)
+        load_after = load_average()
     child_args = ["--preset", args.preset, "--batch-size", str(args.batch_size)]
+    child_args += ["--threads", str(args.threads)] if args.threads else []
     memory = {name: run_child(__file__, [name, *child_args])["peak_extra_mb"] for name in fns}
     rows = [{"variant": name, "step_seconds": t[name], "images_per_second": args.batch_size / t[name],
              "over_plain_vq": t[name] / t["plain_vq"], "peak_extra_mb": memory[name]} for name in fns]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{load_before:.2f} -> {load_average():.2f}; preset {facts['preset']}, batch {facts['batch_size']}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, background load "
+          f"{background.describe()}, load average {load_before:.2f} -> {load_after:.2f}; "
+          f"preset {facts['preset']}, batch {facts['batch_size']}, "
           f"{facts['codebook_size']} words, search {facts['search_dim']}-d; tokens/image: SPAE "
           f"{facts['spae_tokens_per_image']}, plain VQ {facts['plain_tokens_per_image']}")
-    print(f"{'variant':18s} {'ms/step':>8s} {'images/s':>9s} {'x plain VQ':>11s} {'peak extra MB':>14s}")
+    print(f"{'variant':20s} {'ms/step':>8s} {'images/s':>9s} {'x plain VQ':>11s} {'peak extra MB':>14s}")
     for r in rows:
-        print(f"{r['variant']:18s} {r['step_seconds'] * 1e3:8.0f} {r['images_per_second']:9.1f} "
+        print(f"{r['variant']:20s} {r['step_seconds'] * 1e3:8.0f} {r['images_per_second']:9.1f} "
               f"{r['over_plain_vq']:11.2f} {r['peak_extra_mb']:14.0f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "load_average": [load_before, load_average()], **facts, "steps": rows}, f, indent=2)
+                       "background": background.describe(), "load_average": [load_before, load_after],
+                       **facts, "steps": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,10 @@ class SemanticConfig:
     weight: float = 0.1  # peak weight (0.03, or a table detached from it, guided less, not cheaper)
     warmup_steps: int = 100  # the weight ramps up from 0 over these steps
     final_weight_ratio: float = 1.0  # then follows a cosine to weight * ratio at the end
+    # read each training image's top-K words from a table computed once per dataset (teacher,
+    # codebook, data, size, K; kept in the cache dir) instead of running the teacher every step:
+    # the same words (frozen teacher, no augmentation), without the teacher's forward in a step
+    cache_top_words: bool = True
 
 
 @dataclass

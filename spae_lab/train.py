@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -47,7 +48,7 @@ from spae_lab.devices import all_mean, autocast_dtype, init_distributed, pick_de
 from spae_lab.evaluate import evaluate
 from spae_lab.io import atomic_write_text, remove_owned
 from spae_lab.losses import training_losses, warmup_cosine
-from spae_lab.model import SPAE
+from spae_lab.model import SPAE, SPAEOutput
 from spae_lab.runs import (
     METRICS_NAME,
     RunFolder,
@@ -152,6 +153,33 @@ def build_guide(cfg: ExperimentConfig, model: SPAE, device) -> SemanticGuide | N
 # --- the loop -------------------------------------------------------------------------------------
 
 
+def training_step(net: torch.nn.Module, model: SPAE, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                  depths: torch.Tensor, cfg: ExperimentConfig, guide: SemanticGuide | None, step: int,
+                  indices: torch.Tensor | None = None, amp_dtype: torch.dtype | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], SPAEOutput]:
+    """One optimisation step: forward (`net`: the model or its DDP/compiled wrapper; image b decoded
+    from depths[b] layers), every loss term, backward, gradient clipping, AdamW. images (B, 3, S, S)
+    in [0, 1]; `indices` (B,) the images' dataset indices, for the teacher's cached top-K words.
+    Returns (loss, weighted loss terms by name, the forward's output). Profiler ranges name the
+    phases (forward, losses, backward, optimizer)."""
+    score_layers = len(cfg.semantic.top_k) if cfg.semantic.enabled else 0
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with record_function("forward"):
+            out = net(images, depths, score_layers=score_layers)
+        with record_function("losses"):
+            losses = training_losses(out, images, cfg, model, guide, step, indices)
+            loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
+    with record_function("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with record_function("optimizer"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+    return loss, losses, out
+
+
 def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str = False,
           progress: bool = True, stop_at: int | None = None,
           on_record: Callable[[list[dict]], object] | None = None,
@@ -217,7 +245,8 @@ def _train(cfg: ExperimentConfig, folder: RunFolder, resume: bool | str, force: 
     train_set, heldout = build_datasets(cfg)
     model = create_tokenizer(cfg).to(device)
     guide = build_guide(cfg, model, device)
-    guided_layers = len(cfg.semantic.top_k)
+    if guide is not None and cfg.semantic.enabled and cfg.semantic.cache_top_words:
+        guide.cache_top_words(train_set, progress=progress and ctx.is_main)  # once per dataset, on disk
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     net: torch.nn.Module = model  # what the step calls: DDP and/or compiled wrappers of `model`
     if ctx.world_size > 1:
@@ -272,17 +301,8 @@ def _train(cfg: ExperimentConfig, folder: RunFolder, resume: bool | str, force: 
         batch = load_batch(train_set, indices[local])
         images = batch["image"].to(device)
         depths = sample_depths(step, cfg.train.batch_size, model.num_layers, cfg)[local].to(device)
-        score_layers = guided_layers if cfg.semantic.enabled else 0
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            out = net(images, depths, score_layers=score_layers)
-            losses = training_losses(out, images, cfg, model, guide, step)
-            loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
+        loss, losses, out = training_step(net, model, optimizer, images, depths, cfg, guide, step,
+                                          torch.tensor(indices[local]), amp_dtype)
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             names = list(losses)

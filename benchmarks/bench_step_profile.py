@@ -1,0 +1,224 @@
+"""Where a training step's time goes: the `small` preset at batch 32, phase by phase, under
+torch.profiler, on a quiet machine and under a fixed background load (two busy processes).
+
+Phases: data (batch indices, decoding, collation), encoder, teacher (the top-K words of the
+batch: the teacher's forward, or a lookup in the cached table), search (the nearest-word
+products and argmaxes), SAQ bookkeeping (the rest of the quantizer: region means, targets,
+gathers of the chosen words, running sums, commitment terms), forward other (projections into
+search space, the semantic head, the decode depth gather), semantic loss, pixel losses,
+decoder, backward, optimizer (gradient clipping, AdamW, zeroing). Times are per step, from the
+profiler's user ranges (`record_function`), averaged over the profiled steps; the profiler adds
+overhead, so the un-profiled median step is given beside them.
+
+The step is the training loop's (`spae_lab.train.training_step`), on CIFAR-10 images through the
+same dataset code as training (the 300-image sample that ships with the package).
+
+    .venv/bin/python benchmarks/bench_step_profile.py --json benchmarks/results/step_profile_cpu.json \
+        --markdown benchmarks/results/step_profile_cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BackgroundLoad, load_average  # noqa: E402
+
+PHASES = ("data", "encoder", "teacher", "search", "SAQ bookkeeping", "forward other", "semantic loss",
+          "pixel losses", "decoder", "backward", "optimizer")
+
+
+class _Range:
+    """Opens a profiler range in a forward pre-hook and closes it in the forward hook."""
+
+    def __init__(self, module: torch.nn.Module, name: str):
+        self.name, self.stack = name, []
+        module.register_forward_pre_hook(self.enter)
+        module.register_forward_hook(self.exit)
+
+    def enter(self, *_):
+        rf = record_function(self.name)
+        rf.__enter__()
+        self.stack.append(rf)
+
+    def exit(self, *_):
+        self.stack.pop().__exit__(None, None, None)
+
+
+def _wrap(fn, name: str):
+    def wrapped(*args, **kwargs):
+        with record_function(name):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def instrument(model, guide) -> None:
+    """Label the phases of the model's forward and of the losses (hooks and wrappers only: the
+    step itself is unchanged)."""
+    import spae_lab.losses as losses
+
+    _Range(model.encoder, "encoder")
+    _Range(model.decoder, "decoder")
+    _Range(model.quantizer, "quantizer")
+    model.quantizer._pick = _wrap(model.quantizer._pick, "search")
+    guide.top_words = _wrap(guide.top_words, "teacher")  # the teacher's forward, or the table lookup
+    if not hasattr(losses.semantic_loss_from_scores, "__wrapped_phase__"):
+        wrapped = _wrap(losses.semantic_loss_from_scores, "semantic loss")
+        wrapped.__wrapped_phase__ = True
+        losses.semantic_loss_from_scores = wrapped
+
+
+def setup(preset: str, batch_size: int, cached: bool, overrides: dict | None = None):
+    from spae_lab.checkpoint import create_tokenizer
+    from spae_lab.config import create_config
+    from spae_lab.data import make_dataset
+    from spae_lab.train import build_guide
+
+    cfg = create_config(preset, {"train.batch_size": batch_size, **(overrides or {})})
+    torch.manual_seed(0)
+    model = create_tokenizer(cfg)
+    guide = build_guide(cfg, model, "cpu")
+    dataset = make_dataset("cifar10-sample", cfg.model.image_size)
+    if cached:
+        guide.cache_top_words(dataset)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return cfg, model, guide, dataset, optimizer
+
+
+def make_step(cfg, model, guide, dataset, optimizer):
+    """step(s): the training loop's data path and step at step s (labelled for the profiler)."""
+    from spae_lab.train import batch_indices, load_batch, sample_depths, training_step
+
+    def step(s: int) -> None:
+        with record_function("step"):
+            with record_function("data"):
+                indices = batch_indices(s, cfg.train.batch_size, len(dataset), cfg.train.seed)
+                batch = load_batch(dataset, indices)
+                depths = sample_depths(s, cfg.train.batch_size, model.num_layers, cfg)
+            training_step(model, model, optimizer, batch["image"], depths, cfg, guide, s,
+                          indices=torch.tensor(indices))
+    return step
+
+
+def profile_steps(step, steps: int, warmup: int = 2) -> tuple[dict, dict, float]:
+    """(ms per step by phase, aten op calls per step by phase, median un-profiled step in ms)."""
+    for s in range(warmup):
+        step(s)
+    plain = []
+    for s in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        step(s)
+        plain.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for s in range(warmup, warmup + steps):
+            step(s)
+    total = {e.key: e.cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+    t = lambda name: total.get(name, 0.0)  # noqa: E731
+    phases = {
+        "data": t("data"),
+        "encoder": t("encoder"),
+        "teacher": t("teacher"),
+        "search": t("search"),
+        "SAQ bookkeeping": t("quantizer") - t("search"),
+        "forward other": t("forward") - t("encoder") - t("quantizer") - t("decoder"),
+        "semantic loss": t("semantic loss"),
+        "pixel losses": t("losses") - t("teacher") - t("semantic loss"),
+        "decoder": t("decoder"),
+        "backward": t("backward"),
+        "optimizer": t("optimizer"),
+    }
+    phases["step (profiled)"] = t("step")
+    ops = _op_counts(prof, steps)
+    return phases, ops, 1e3 * sorted(plain)[len(plain) // 2]
+
+
+def _op_counts(prof, steps: int) -> dict[str, float]:
+    """aten op calls per step inside the quantizer (its search and the rest) and in backward."""
+    events = prof.events()
+    ranges = {e.name: [] for e in events if e.name in ("quantizer", "search", "backward")}
+    for e in events:
+        if e.name in ranges:
+            ranges[e.name].append((e.time_range.start, e.time_range.end))
+    counts = {name: 0 for name in ranges}
+    for e in events:
+        if not e.name.startswith("aten::"):
+            continue
+        for name, spans in ranges.items():
+            if any(a <= e.time_range.start and e.time_range.end <= b for a, b in spans):
+                counts[name] += 1
+    if "quantizer" in counts:
+        counts["SAQ bookkeeping"] = counts.pop("quantizer") - counts.get("search", 0)
+    return {k: v / steps for k, v in counts.items()}
+
+
+def markdown(result: dict) -> str:
+    runs = result["runs"]
+    head = "| phase | " + " | ".join(r["label"] for r in runs) + " |"
+    lines = [head, "|---|" + "---:|" * len(runs)]
+    for phase in PHASES:
+        cells = []
+        for r in runs:
+            ms, share = r["phases_ms"][phase], r["phases_ms"][phase] / r["phases_ms"]["step (profiled)"]
+            cells.append(f"{ms:.1f} ms ({100 * share:.0f}%)")
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    lines.append("| **step, profiled** | " + " | ".join(f"**{r['phases_ms']['step (profiled)']:.0f} ms**"
+                                                   for r in runs) + " |")
+    lines.append("| step, not profiled (median) | " + " | ".join(f"{r['step_ms']:.0f} ms" for r in runs) + " |")
+    lines.append("| load average before -> after | " + " | ".join(
+        f"{r['load_average'][0]:.2f} -> {r['load_average'][1]:.2f}" for r in runs) + " |")
+    notes = [f"- {r['label']}: background load {r['background']}; aten ops per step: "
+             + ", ".join(f"{k} {v:.0f}" for k, v in r["ops_per_step"].items()) for r in runs]
+    return "\n".join([f"Training step of the `{result['preset']}` preset, batch {result['batch_size']}, "
+                      f"torch {result['torch']}, {result['threads']} thread(s), {result['steps']} profiled steps "
+                      f"per run.", "", *lines, "", *notes, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5, help="profiled steps per run")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--loads", type=int, nargs="+", default=[0, 2],
+                        help="background processes per run (0: quiet)")
+    parser.add_argument("--teacher", choices=["live", "cached", "both"], default="both")
+    parser.add_argument("--json")
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modes = ["live", "cached"] if args.teacher == "both" else [args.teacher]
+    runs = []
+    for load in args.loads:
+        for mode in modes:
+            cfg, model, guide, dataset, optimizer = setup(args.preset, args.batch_size, mode == "cached")
+            instrument(model, guide)
+            step = make_step(cfg, model, guide, dataset, optimizer)
+            with BackgroundLoad(load) as background:
+                before = load_average()
+                phases, ops, step_ms = profile_steps(step, args.steps)
+                after = load_average()
+            label = f"{'quiet' if not load else f'{load} busy processes'}, teacher {mode}"
+            runs.append({"label": label, "background": background.describe(), "teacher": mode,
+                         "phases_ms": phases, "ops_per_step": ops, "step_ms": step_ms,
+                         "load_average": [before, after]})
+            print(f"{label}: step {step_ms:.0f} ms (load {before:.2f} -> {after:.2f}); "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()), flush=True)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "preset": args.preset,
+              "batch_size": args.batch_size, "steps": args.steps, "runs": runs}
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
