@@ -635,6 +635,24 @@ def test_archive_members_outside_the_root_are_never_read_or_written(tmp_path):
     assert sorted(p.name for p in tmp_path.parent.rglob("*") if "escape" in p.parts) == []
 
 
+def test_class_names_differing_only_by_unicode_normalisation_are_one_class(tmp_path):
+    """macOS writes "café" decomposed (e + combining accent), Linux keeps what it is given: a
+    dataset copied between them holds both spellings, which are one class (NFC)."""
+    import unicodedata
+
+    png = to_bytes(noise())
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert composed != decomposed
+    for name, folder in [("a.png", composed), ("b.png", decomposed), ("c.png", "dog")]:
+        (tmp_path / "photos" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / folder / name).write_bytes(png)
+    archive = write_tar(tmp_path / "photos.tar", {f"{composed}/a.png": png, f"{decomposed}/b.png": png,
+                                                  "dog/c.png": png})
+    for root in (tmp_path / "photos", archive):
+        dataset = ImageFolderDataset(root, image_size=S)
+        assert dataset.classes == [composed, "dog"] and list(dataset.labels) == [0, 0, 1]
+
+
 def test_damaged_teacher_metadata_is_a_teacher_error(tmp_path):
     from safetensors import safe_open
 

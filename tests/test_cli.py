@@ -68,3 +68,67 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 def test_codebook_reports_sizes():
     out = run("codebook", "--max-size", "100", "--show", "5").stdout
     assert "49152 tokens in the vocabulary" in out and "100 kept" in out
+
+
+# --- a full or read-only disk: one line and status 2 (issue 14) ------------------------------------
+
+
+def _notebook_folder(root: Path) -> Path:
+    import nbformat
+
+    books = root / "books"
+    books.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("seed: int = 0  # s", metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, books / "one.ipynb")
+    return books
+
+
+def _writing_commands(root: Path, out: Path) -> dict[str, list[str]]:
+    """One command of each kind that writes: its output goes under `out`."""
+    from spae_lab.checkpoint import load_tokenizer
+
+    word = load_tokenizer("scenes").codebook.words[0]
+    return {"train": ["train", "--preset", "tiny", "--steps", "2", "--quiet", "--set", "train.num_threads=1",
+                      "--out", str(out / "run")],
+            "decode": ["decode", "scenes", word, "--out", str(out / "decoded.png")],
+            "report": ["report", "--notebooks-dir", str(_notebook_folder(root)), "--out", str(out / "reports")]}
+
+
+def _one_error_line(proc, command: str) -> str:
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"spae-lab {command}: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["train", "decode", "report"])
+def test_a_full_disk_is_one_line_with_status_2(tmp_path, command):
+    """RLIMIT_FSIZE makes every write past 64 bytes fail (EFBIG, as ENOSPC would on a full disk;
+    Python ignores SIGXFSZ), for real, in a real process, also when the tests run as root."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    argv = _writing_commands(tmp_path, tmp_path / "out")[command]
+    proc = subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=small_files)
+    line = _one_error_line(proc, command)
+    assert "File too large" in line or "FileTooLarge" in line, line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes: chmod cannot make a folder read-only")
+@pytest.mark.parametrize("command", ["train", "decode", "report"])
+def test_a_read_only_folder_is_one_line_with_status_2(tmp_path, command):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    argv = _writing_commands(tmp_path, read_only)[command]
+    read_only.chmod(0o555)
+    try:
+        proc = run(*argv, check=False)
+    finally:
+        read_only.chmod(0o755)
+    assert "Permission denied" in _one_error_line(proc, command)
+    assert list(read_only.iterdir()) == []

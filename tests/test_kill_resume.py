@@ -69,3 +69,22 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(reference, tmp_path, ki
     for key in want:
         assert torch.equal(want[key], got[key]), key
     assert _losses(run) == _losses(reference)
+    # the killed writer's debris and its lock file (left by SIGKILL, its lock gone with it) are gone
+    assert not list(run.glob(".*.tmp")) and not (run / ".lock").exists()
+
+
+@pytest.mark.slow  # two trainings in subprocesses
+def test_two_trainings_on_one_folder_one_wins_the_other_is_refused(tmp_path):
+    """Both used to exit 0 and interleave metrics.jsonl: now one trains, the other ends in one
+    line with status 2 (the folder is locked, or already holds the first one's run)."""
+    run = tmp_path / "run"
+    procs = [subprocess.Popen([str(SCRIPT), *ARGS, "--out", str(run)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((p.wait(timeout=600), p.stderr.read()) for p in procs)
+    assert [code for code, _ in results] == [0, 2], results
+    lines = results[1][1].splitlines()
+    assert len(lines) == 1 and ("being written by another process (pid " in lines[0]
+                                or "already holds a run" in lines[0]
+                                or "was changed by another process" in lines[0]), lines
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert steps == sorted(steps) and steps.count(0) == 1  # one run's records, in order

@@ -7,6 +7,7 @@ notebooks cover failures and parameter handling.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,16 @@ import nbformat
 import pytest
 from chromium import check_page, find_chromium
 
+from spae_lab.io import OwnershipError, remove_owned
+from spae_lab.parameters import ParameterError, check_parameter
+from spae_lab.paths import find_path, project_root, results_folder
 from spae_lab.report import (
     FAILED,
     SUCCEEDED,
     ReportError,
     find_notebooks,
     read_runs,
+    run_notebook,
     run_reports,
     write_index,
 )
@@ -271,3 +276,164 @@ def test_demo_produces_the_report_set(tmp_path):
             page = check_page(tmp_path / "reports" / run["folder"] / f"{run['notebook']}.html",
                               tmp_path / f"{run['notebook']}.png")
             assert page.errors == [] and page.images >= 1, (run["notebook"], page.errors)
+
+
+# --- issue 14: tags, parameters' types, paths that do not depend on the kernel's folder ------------
+
+
+def test_a_tag_is_a_plain_name_and_nothing_outside_the_reports_folder_is_removed(tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    _notebook(books / "one.ipynb", "seed: int = 0  # s", "assert True")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    for tag in ("x/../../precious", "../precious", str(precious), "", ".hidden", "a b", "x" * 101):
+        for _ in range(2):  # the probe ran it twice: the second run removed the first one's folder
+            with pytest.raises(ReportError, match="must be a plain name"):
+                run_reports(find_notebooks(folder=books), reports_dir=tmp_path / "reports", tag=tag,
+                            progress=False)
+    with pytest.raises(ReportError, match="date must be a plain name"):
+        run_notebook(books / "one.ipynb", reports_dir=tmp_path / "reports", date="../../precious")
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert not (tmp_path / "reports").exists()  # refused before anything was written
+
+
+def test_remove_owned_never_leaves_the_folder_it_owns(tmp_path):
+    owner, outside = tmp_path / "reports", tmp_path / "precious"
+    (owner / "run" / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (owner / "link").symlink_to(outside, target_is_directory=True)
+    for path in (owner / ".." / "precious", owner / "run" / ".." / ".." / "precious", outside, owner,
+                 owner / "link" / "keep.txt", owner / "."):
+        with pytest.raises(OwnershipError):
+            remove_owned(path, owner)
+    assert remove_owned(owner / "link", owner)  # the link itself, never what it points to
+    assert (outside / "keep.txt").read_text() == "mine" and not (owner / "link").exists()
+    assert remove_owned(owner / "run", owner) and not (owner / "run").exists()
+    assert not remove_owned(owner / "run", owner)  # already gone: nothing to do
+
+
+@pytest.mark.parametrize(("type_name", "value", "expected"), [
+    ("list", '["runs/demo"]', ["runs/demo"]),  # papermill -p passes text: read as the literal
+    ("list", ("a", "b"), ["a", "b"]),
+    ("int", "8", 8),
+    ("int", 8.0, 8),
+    ("float", "0.5", 0.5),
+    ("float", 2, 2.0),
+    ("bool", "False", False),
+    ("str", 2024, "2024"),  # YAML made a number of `-p checkpoint=2024`
+    ("str", "[not parsed]", "[not parsed]"),
+    ("str | None", None, None),
+    ("list[str]", "['a']", ["a"]),
+    ("SomeClass", object, object),  # a type this check does not know: left to the notebook
+])
+def test_parameters_of_their_declared_type_are_taken(type_name, value, expected):
+    assert check_parameter("p", value, type_name) == expected
+
+
+@pytest.mark.parametrize(("type_name", "value"), [
+    ("list", "runs/demo"),  # was read character by character
+    ("int", "abc"),  # failed after 90 s with a TypeError
+    ("int", 2.5), ("int", True), ("float", "fast"), ("float", float("nan")), ("bool", "maybe"), ("bool", 1),
+    ("str", ["runs/demo"]), ("str", None), ("dict", "[1]"), ("list", "[1, 2"), ("int", "(" * 500),
+])
+def test_parameters_of_another_type_are_refused_naming_what_is_wrong(type_name, value):
+    with pytest.raises(ParameterError, match=f"parameter 'p' is declared {re.escape(type_name)}, got "):
+        check_parameter("p", value, type_name)
+
+
+def test_report_checks_every_notebooks_parameters_before_running_any(tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    _notebook(books / "a.ipynb", "count: int = 1  # c", "assert True")
+    _notebook(books / "b.ipynb", "checkpoints: list = ['x']  # runs", "assert checkpoints == ['runs/demo']")
+    with pytest.raises(ReportError, match=r"a: parameter 'count' is declared int, got 'abc'"):
+        run_reports(find_notebooks(folder=books), {"count": "abc"}, reports_dir=tmp_path / "r", progress=False)
+    with pytest.raises(ReportError, match=r"b: parameter 'checkpoints' is declared list, got 'runs/demo'"):
+        run_reports(find_notebooks(folder=books), {"checkpoints": "runs/demo"}, reports_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_a_notebook_checks_its_own_parameters(tmp_path):
+    """What papermill does to a notebook: the parameters cell, then an injected cell of plain
+    assignments, then the notebook's `check_parameters(globals())`."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("checkpoints: list = ['scenes']  # runs\nnum_images: int = 8  # n\nname: str = 'x'  # s")
+        shell.run_cell("checkpoints = '[\"runs/demo\"]'\nnum_images = '4'")  # papermill -p, as text
+        result = shell.run_cell("from spae_lab.parameters import check_parameters\n"
+                                "checked = check_parameters(globals())")
+        assert result.success
+        assert shell.user_ns["checkpoints"] == ["runs/demo"] and shell.user_ns["num_images"] == 4
+        assert shell.user_ns["checked"] == {"checkpoints": ["runs/demo"], "num_images": 4, "name": "x"}
+        shell.run_cell("num_images = 'abc'")
+        result = shell.run_cell("check_parameters(globals())")
+        assert isinstance(result.error_in_exec, ParameterError)
+        assert "parameter 'num_images' is declared int, got 'abc'" in str(result.error_in_exec)
+    finally:
+        shell.reset()
+        InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with a run in runs/demo, and a kernel's current folder in notebooks/."""
+    from spae_lab.checkpoint import save_checkpoint
+    from spae_lab.codebook import load_codebook
+    from spae_lab.config import create_config
+    from spae_lab.model import SPAE
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
+    cfg = create_config("tiny")
+    save_checkpoint(tmp_path / "runs" / "demo" / "checkpoint.safetensors",
+                    SPAE(cfg.model, load_codebook(cfg.codebook)), None, 0, cfg)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    monkeypatch.delenv("SPAE_LAB_ROOT", raising=False)
+    return tmp_path
+
+
+def test_run_paths_resolve_from_the_project_root_whatever_the_kernel_s_folder(project, monkeypatch):
+    from spae_lab.checkpoint import CheckpointError, load_tokenizer
+
+    assert project_root() == project
+    assert find_path("runs/demo") == project / "runs" / "demo"
+    for name in ("runs/demo", "demo", "runs/demo/checkpoint.safetensors"):
+        assert load_tokenizer(name).num_layers == 5
+    with pytest.raises(CheckpointError, match="no checkpoint at runs/missing"):
+        load_tokenizer("runs/missing")
+    (project / "notebooks" / "runs" / "demo").mkdir(parents=True)  # the current folder wins
+    assert find_path("runs/demo") == Path("runs/demo")
+    monkeypatch.setenv("SPAE_LAB_ROOT", str(project / "elsewhere"))
+    assert project_root() == project / "elsewhere"
+
+
+def test_results_default_to_a_named_folder_under_the_project_root(project):
+    parameters = {"checkpoint": "runs/demo", "ways": [2], "seed": 0}
+    folder = results_folder("", "fewshot", parameters)
+    assert folder.parent == project / "reports" / "fewshot" and folder.name.startswith("demo-")
+    assert results_folder("", "fewshot", dict(parameters)) == folder  # a rerun finds its answers
+    assert results_folder("", "fewshot", {**parameters, "seed": 1}) != folder
+    assert results_folder("mine", "fewshot", parameters) == Path("mine")
+
+
+@pytest.mark.slow
+def test_papermill_from_the_notebooks_folder_finds_runs_and_checks_parameters(project):
+    """The probe: papermill started in notebooks/, `-p checkpoints '["runs/demo"]'` (text), then
+    `-p num_images abc`, which fails in the check cell instead of 90 s later."""
+    source = _notebook(project / "notebooks" / "probe.ipynb",
+                       "checkpoints: list = ['scenes']  # runs\nnum_images: int = 2  # n",
+                       "from spae_lab import load_tokenizer\nfrom spae_lab.parameters import check_parameters\n"
+                       "check_parameters(globals())",
+                       "models = [load_tokenizer(c) for c in checkpoints]\nassert len(models) == 1")
+    papermill = str(Path(sys.executable).with_name("papermill"))
+    ok = subprocess.run([papermill, source.name, "out.ipynb", "-p", "checkpoints", '["runs/demo"]'],
+                        capture_output=True, text=True, timeout=600, cwd=project / "notebooks")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    bad = subprocess.run([papermill, source.name, "out.ipynb", "-p", "num_images", "abc"],
+                         capture_output=True, text=True, timeout=600, cwd=project / "notebooks")
+    assert bad.returncode != 0 and "parameter 'num_images' is declared int, got 'abc'" in bad.stderr
