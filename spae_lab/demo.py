@@ -88,12 +88,12 @@ def train_scenes(out: Path, steps: int | None = None, minutes: float | None = No
           f"{cfg.model.image_size}px, frozen SmolLM2 codebook); run folder {out}"
           + (" (continuing from its checkpoint; --fresh starts over)" if resume else ""))
     try:
-        result = train(cfg, out, resume=resume, progress=progress)
+        result = train(cfg, out, resume=resume, force=not resume, progress=progress)
     except CheckpointError as e:
         if not resume:
             raise
         print(f"{out} holds a checkpoint this version cannot continue ({e}); training from scratch")
-        result = train(cfg, out, resume=False, progress=progress)
+        result = train(cfg, out, resume=False, force=True, progress=progress)
     print(result.describe())
     return result
 
