@@ -130,7 +130,9 @@ class TrainConfig:
     max_minutes: float | None = None  # optional wall-clock budget; stops early and checkpoints
     device: str = "auto"  # "auto": CUDA if available else CPU
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "fp32", "bf16"
-    num_threads: int | None = None  # torch threads on CPU; None = all cores
+    # torch threads on CPU; None: the cores this process may use less those other processes keep busy
+    # (1-minute load average), at least 1 (devices.choose_num_threads). Exact resumes need 1
+    num_threads: int | None = None
     compile: bool = False  # torch.compile the training step's model (for CUDA; costs a warm-up)
     distributed_backend: str = "auto"  # under torchrun: "auto" = nccl on CUDA, gloo on CPU; or either
 

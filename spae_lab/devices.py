@@ -1,4 +1,5 @@
-"""Where a run computes: the device, the autocast precision, and the torchrun process group.
+"""Where a run computes: the device, the CPU threads, the autocast precision, and the torchrun
+process group.
 
 Distributed data parallel: under `torchrun` (WORLD_SIZE > 1) every rank takes its contiguous slice
 of the step's global batch; DistributedDataParallel averages the gradients (NCCL on GPUs, gloo on
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -29,6 +31,36 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
                           f"device(s) (use auto or cpu)")
     return device
+
+
+def available_cores() -> float:
+    """CPUs this process may use: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU
+    quota (`docker --cpus`, CI runners), which affinity does not show."""
+    try:
+        cores: float = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1.0, int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def choose_num_threads() -> int:
+    """Torch threads for a run that sets none (`train.num_threads`): the available cores less the
+    ones other processes keep busy (the 1-minute load average), at least 1.
+
+    Beside busy processes, threads that wait for each other at every parallel region cost more than
+    they bring (benchmarks/results/contention_cpu.md)."""
+    cores = available_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(int(cores), round(cores - busy)))
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:

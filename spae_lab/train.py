@@ -44,7 +44,7 @@ from spae_lab.checkpoint import (
 )
 from spae_lab.config import ExperimentConfig, create_config
 from spae_lab.data import collate, make_dataset
-from spae_lab.devices import all_mean, autocast_dtype, init_distributed, pick_device
+from spae_lab.devices import all_mean, autocast_dtype, choose_num_threads, init_distributed, pick_device
 from spae_lab.evaluate import evaluate
 from spae_lab.io import atomic_write_text, remove_owned
 from spae_lab.losses import training_losses, warmup_cosine
@@ -217,8 +217,7 @@ def _train(cfg: ExperimentConfig, folder: RunFolder, resume: bool | str, force: 
         from spae_lab.viz import save_reconstruction_figure as on_figure  # matplotlib when training
 
     run_dir = folder.path
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    torch.set_num_threads(cfg.train.num_threads or choose_num_threads())  # None: from cores and load
     ctx = init_distributed(cfg)
     device = pick_device(cfg.train.device)
     if ctx.world_size > 1 and device.type == "cuda":

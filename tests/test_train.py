@@ -176,3 +176,17 @@ def test_a_locked_run_folder_is_refused_in_one_line(tmp_path):
     again = RunFolder(tmp_path / "run")
     again.acquire()  # free again
     again.release()
+
+
+def test_threads_chosen_from_free_cores(monkeypatch):
+    import os
+
+    from spae_lab import devices
+
+    monkeypatch.setattr(devices, "available_cores", lambda: 4)
+    for load, threads in ((0.0, 4), (1.2, 3), (2.0, 2), (3.6, 1), (9.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert devices.choose_num_threads() == threads
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    assert devices.available_cores() <= 3 and 1 <= devices.choose_num_threads() <= 3
