@@ -278,3 +278,18 @@ def test_copy_vocabularies_write_only_the_examples_words(model, tiny_llm, tmp_pa
             else:
                 assert r in {w for t in targets for w in t[layer]}
     writer.llm.close()
+
+
+@pytest.mark.parametrize("conditions", [["An image of 7:", "An image of 1:"], "images"])
+def test_generation_grid_draws_context_conditions_and_layers(conditions):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spae_lab.generate.figures import generation_grid
+
+    images = torch.rand(2, 3, 8, 8)
+    result = {"by_layer": torch.rand(3, 2, 3, 8, 8), "context": [("7", images[0])],
+              "conditions": images if conditions == "images" else conditions,
+              "targets": images if conditions == "images" else None}
+    figure = generation_grid(result)
+    assert len(figure.axes) == 3 * 5  # (1 context row + 2 queries) x (condition, 3 layers, target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 
-def _show(ax, image: torch.Tensor | None, title: str = "") -> None:
+def _show(ax, image: torch.Tensor | None = None, title: str = "") -> None:
     ax.axis("off")
     if image is not None:
         ax.imshow(image.clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
