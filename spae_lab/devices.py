@@ -51,7 +51,8 @@ def available_cores() -> float:
 
 def choose_num_threads() -> int:
     """Torch threads for a run that sets none (`train.num_threads`): the available cores less the
-    ones other processes keep busy (the 1-minute load average), at least 1.
+    ones other processes keep busy (the 1-minute load average), shared among the processes torchrun
+    starts on this machine (LOCAL_WORLD_SIZE), at least 1.
 
     Beside busy processes, threads that wait for each other at every parallel region cost more than
     they bring (benchmarks/results/contention_cpu.md)."""
@@ -60,7 +61,8 @@ def choose_num_threads() -> int:
         busy = os.getloadavg()[0]
     except OSError:
         busy = 0.0
-    return max(1, min(int(cores), round(cores - busy)))
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(int(cores), round(cores - busy)) // local_processes)
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:

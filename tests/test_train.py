@@ -187,6 +187,9 @@ def test_threads_chosen_from_free_cores(monkeypatch):
     for load, threads in ((0.0, 4), (1.2, 3), (2.0, 2), (3.6, 1), (9.0, 1)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         assert devices.choose_num_threads() == threads
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes share the free cores
+    assert devices.choose_num_threads() == 2
     monkeypatch.undo()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
     assert devices.available_cores() <= 3 and 1 <= devices.choose_num_threads() <= 3
