@@ -105,7 +105,9 @@ class WordWriter:
         self.prompts: list[dict] = []  # every call: prefix id, query, answer
 
     def request(self, prefix: str, query: str, count: int) -> dict:
-        return self.llm.request("write_words", prefix=prefix, query=query, count=count,
+        # the prefix by its SHA-256 (prefixes.jsonl holds the texts): rows stay small
+        prefix_sha256 = hashlib.sha256(prefix.encode()).hexdigest()
+        return self.llm.request("write_words", prefix_sha256=prefix_sha256, query=query, count=count,
                                 vocabulary=self.vocabulary_id, kind=type(self).__name__,
                                 decode=dataclasses.asdict(self.config),
                                 allowed=_sha(str(getattr(self, "_allowed_steps", None))))
