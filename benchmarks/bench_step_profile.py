@@ -1,6 +1,11 @@
 """Where a training step's time goes: the `small` preset at batch 32, phase by phase, under
 torch.profiler, on a quiet machine and under a fixed background load (two busy processes).
 
+Two versions of the step: "before" (the teacher's forward in every step, the search in one 64 MB
+score buffer with torch's argmax: the step as issue 16 found it) and "after" (the teacher's top-K
+words read from the table computed once per training set, the cache-sized search with its
+vectorised argmax).
+
 Phases: data (batch indices, decoding, collation), encoder, teacher (the top-K words of the
 batch: the teacher's forward, or a lookup in the cached table), search (the nearest-word
 products and argmaxes), SAQ bookkeeping (the rest of the quantizer: region means, targets,
@@ -92,18 +97,31 @@ def setup(preset: str, batch_size: int, cached: bool, overrides: dict | None = N
     return cfg, model, guide, dataset, optimizer
 
 
-def make_step(cfg, model, guide, dataset, optimizer):
-    """step(s): the training loop's data path and step at step s (labelled for the profiler)."""
+def make_step(cfg, model, guide, dataset, optimizer, before: bool = False):
+    """step(s): the training loop's data path and step at step s (labelled for the profiler).
+    `before`: the search as it was (one 64 MB buffer, torch's argmax)."""
+    import spae_lab.quantizer as quantizer
     from spae_lab.train import batch_indices, load_batch, sample_depths, training_step
 
     def step(s: int) -> None:
+        if before:
+            chunk, argmax = quantizer.SEARCH_CHUNK_ELEMENTS, quantizer.argmax_rows
+            quantizer.SEARCH_CHUNK_ELEMENTS = (1 << 24) // torch.get_num_threads()
+            quantizer.argmax_rows = lambda scores: scores.argmax(dim=-1)
+            try:
+                return _step(s)
+            finally:
+                quantizer.SEARCH_CHUNK_ELEMENTS, quantizer.argmax_rows = chunk, argmax
+        return _step(s)
+
+    def _step(s: int) -> None:
         with record_function("step"):
             with record_function("data"):
                 indices = batch_indices(s, cfg.train.batch_size, len(dataset), cfg.train.seed)
                 batch = load_batch(dataset, indices)
                 depths = sample_depths(s, cfg.train.batch_size, model.num_layers, cfg)
             training_step(model, model, optimizer, batch["image"], depths, cfg, guide, s,
-                          indices=torch.tensor(indices))
+                          indices=None if before else torch.tensor(indices))
     return step
 
 
@@ -176,8 +194,8 @@ def markdown(result: dict) -> str:
     notes = [f"- {r['label']}: background load {r['background']}; aten ops per step: "
              + ", ".join(f"{k} {v:.0f}" for k, v in r["ops_per_step"].items()) for r in runs]
     return "\n".join([f"Training step of the `{result['preset']}` preset, batch {result['batch_size']}, "
-                      f"torch {result['torch']}, {result['threads']} thread(s), {result['steps']} profiled steps "
-                      f"per run.", "", *lines, "", *notes, ""])
+                      f"torch {result['torch']}, {result['steps']} profiled steps per run (thr: torch threads; "
+                      f"busy: background processes).", "", *lines, "", *notes, ""])
 
 
 def main() -> None:
@@ -185,33 +203,33 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="profiled steps per run")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="torch threads, one run each")
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 2],
                         help="background processes per run (0: quiet)")
-    parser.add_argument("--teacher", choices=["live", "cached", "both"], default="both")
+    parser.add_argument("--versions", nargs="+", choices=["before", "after"], default=["before", "after"])
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    modes = ["live", "cached"] if args.teacher == "both" else [args.teacher]
     runs = []
     for load in args.loads:
-        for mode in modes:
-            cfg, model, guide, dataset, optimizer = setup(args.preset, args.batch_size, mode == "cached")
-            instrument(model, guide)
-            step = make_step(cfg, model, guide, dataset, optimizer)
-            with BackgroundLoad(load) as background:
-                before = load_average()
-                phases, ops, step_ms = profile_steps(step, args.steps)
-                after = load_average()
-            label = f"{'quiet' if not load else f'{load} busy processes'}, teacher {mode}"
-            runs.append({"label": label, "background": background.describe(), "teacher": mode,
-                         "phases_ms": phases, "ops_per_step": ops, "step_ms": step_ms,
-                         "load_average": [before, after]})
-            print(f"{label}: step {step_ms:.0f} ms (load {before:.2f} -> {after:.2f}); "
-                  + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()), flush=True)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "preset": args.preset,
+        with BackgroundLoad(load) as background:
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for version in args.versions:
+                    cfg, model, guide, dataset, optimizer = setup(args.preset, args.batch_size, version == "after")
+                    instrument(model, guide)
+                    step = make_step(cfg, model, guide, dataset, optimizer, before=version == "before")
+                    before = load_average()
+                    phases, ops, step_ms = profile_steps(step, args.steps)
+                    after = load_average()
+                    label = f"{'quiet' if not load else f'{load} busy'}, {threads} thr, {version}"
+                    runs.append({"label": label, "background": background.describe(), "threads": threads,
+                                 "version": version, "phases_ms": phases, "ops_per_step": ops,
+                                 "step_ms": step_ms, "load_average": [before, after]})
+                    print(f"{label}: step {step_ms:.0f} ms (load {before:.2f} -> {after:.2f}); "
+                          + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()), flush=True)
+    result = {"torch": torch.__version__, "preset": args.preset,
               "batch_size": args.batch_size, "steps": args.steps, "runs": runs}
     print(markdown(result))
     if args.json:

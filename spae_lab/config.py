@@ -101,7 +101,8 @@ class SemanticConfig:
     final_weight_ratio: float = 1.0  # then follows a cosine to weight * ratio at the end
     # read each training image's top-K words from a table computed once per dataset (teacher,
     # codebook, data, size, K; kept in the cache dir) instead of running the teacher every step:
-    # the same words (frozen teacher, no augmentation), without the teacher's forward in a step
+    # the same words (frozen teacher, no augmentation). Filled when a run sees every image at least
+    # once (steps x batch >= training images); a shorter run reads a table already on disk
     cache_top_words: bool = True
 
 

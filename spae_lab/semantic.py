@@ -47,12 +47,14 @@ class SemanticGuide:
             return self.cached.lookup(indices).to(images.device)
         return self.relevance(images).topk(max(self.config.top_k), dim=1).indices
 
-    def cache_top_words(self, dataset, progress: bool = False) -> TopWordsTable:
+    def cache_top_words(self, dataset, progress: bool = False, compute: bool = True) -> TopWordsTable | None:
         """Compute (or read from the on-disk cache) the top-K words of every item of `dataset`, the
         training set whose indices `top_words` will be given. The teacher is frozen and the items
-        are fixed, so the table holds what the live path computes."""
+        are fixed, so the table holds what the live path computes. `compute=False`: only a table
+        already on disk (else None, and `top_words` runs the teacher)."""
         self.cached = load_or_compute(self.teacher, self.word_embeddings, self.codebook.fingerprint(),
-                                      dataset, max(self.config.top_k), _image_size(dataset), progress)
+                                      dataset, max(self.config.top_k), _image_size(dataset), progress,
+                                      compute=compute)
         return self.cached
 
     def weight(self, step: int, total_steps: int) -> float:

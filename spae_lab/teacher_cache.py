@@ -124,9 +124,10 @@ def compute_top_words(teacher: Teacher, word_embeddings: torch.Tensor, dataset: 
 
 def load_or_compute(teacher: Teacher, word_embeddings: torch.Tensor, codebook_fingerprint: str,
                     dataset: Dataset, k: int, image_size: int, progress: bool = False,
-                    root: str | Path | None = None) -> TopWordsTable:
+                    root: str | Path | None = None, compute: bool = True) -> TopWordsTable | None:
     """The top-words table of `dataset`, read from the cache when it was computed before, else
-    computed now and written there (atomically: concurrent runs write the same table)."""
+    computed now and written there (atomically: concurrent runs write the same table); with
+    `compute=False`, None when it is not there."""
     key = table_key(teacher.name, codebook_fingerprint, dataset_fingerprint(dataset), image_size, k)
     path = Path(root or cache_dir() / "teacher_top_words") / f"{key}.safetensors"
     if path.exists():
@@ -137,6 +138,8 @@ def load_or_compute(teacher: Teacher, word_embeddings: torch.Tensor, codebook_fi
                 return TopWordsTable(ids, key)
         except (TeacherCacheError, KeyError):
             pass  # damaged or foreign: computed again and replaced
+    if not compute:
+        return None
     ids = compute_top_words(teacher, word_embeddings, dataset, k, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write_path(path) as tmp:

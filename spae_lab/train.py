@@ -245,7 +245,9 @@ def _train(cfg: ExperimentConfig, folder: RunFolder, resume: bool | str, force: 
     model = create_tokenizer(cfg).to(device)
     guide = build_guide(cfg, model, device)
     if guide is not None and cfg.semantic.enabled and cfg.semantic.cache_top_words:
-        guide.cache_top_words(train_set, progress=progress and ctx.is_main)  # once per dataset, on disk
+        # once per dataset, on disk; filled (a teacher forward per image) when the run sees them all
+        guide.cache_top_words(train_set, progress=progress and ctx.is_main,
+                              compute=cfg.train.steps * cfg.train.batch_size >= len(train_set))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     net: torch.nn.Module = model  # what the step calls: DDP and/or compiled wrappers of `model`
     if ctx.world_size > 1:

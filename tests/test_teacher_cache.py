@@ -58,6 +58,8 @@ def test_table_is_read_back_and_keyed_by_data_and_k(guide, cache_root, monkeypat
     other_k = load_or_compute(*args, scenes, 2, 16)
     assert len({first.key, other_data.key, other_k.key}) == 3
     assert torch.equal(other_k.ids, first.ids[:, :2])  # topk(2) is the head of topk(3)
+    assert load_or_compute(*args, SyntheticScenes(num_images=40, image_size=16, seed=6), 3, 16, compute=False) is None
+    assert torch.equal(load_or_compute(*args, scenes, 3, 16, compute=False).ids, first.ids)
     path = cache_root / f"{first.key}.safetensors"
     path.write_bytes(b"damaged")  # computed again and replaced
     assert torch.equal(load_or_compute(*args, scenes, 3, 16).ids, first.ids)
