@@ -1,10 +1,13 @@
 """Ship a finished training run as a pretrained tokenizer, with its model card.
 
-    python scripts/make_pretrained.py NAME --run RUN_DIR --command "the command that trained RUN_DIR"
+    python scripts/make_pretrained.py NAME --run RUN_DIR --command "the command that trained RUN_DIR" \
+        [--set model.top_word=teacher --set "semantic.word_template=a photo of a {}"]
 
 Copies the run's weights (float16, no optimizer state) to spae_lab/assets/pretrained/NAME.safetensors,
 evaluates the *shipped* weights on the run's held-out split (never trained on) and writes the card
 NAME.json beside them: data, config, steps, wall time and machine, commit, command, metrics.
+`--set` changes how the shipped tokenizer *reads* images (who picks layer 1's word, how the teacher
+reads a word), never its weights; the card records them as `inference_overrides`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 
 from spae_lab import pretrained
-from spae_lab.checkpoint import checkpoint_step, load_tokenizer, read_checkpoint, save_checkpoint
+from spae_lab.checkpoint import checkpoint_step, create_tokenizer, load_tokenizer, read_checkpoint, save_checkpoint
+from spae_lab.config import apply_overrides, validate
 from spae_lab.evaluate import evaluate
 from spae_lab.train import build_datasets, build_guide
 
@@ -55,7 +59,8 @@ def markdown_card(card: dict) -> str:
              f"- trained: {card['steps']} steps, {card['wall_minutes']} minutes on {card['machine']}",
              f"- commit: {card['commit']}",
              f"- reproduce: `{card['command']}`, then "
-             f"`python scripts/make_pretrained.py {card['name']} --run RUN --command \"...\"`",
+             f"`python scripts/make_pretrained.py {card['name']} --run RUN --command \"...\"`"
+             + "".join(f" --set \"{k}={v}\"" for k, v in card.get("inference_overrides", {}).items()),
              "", "Held-out figures (the shipped float16 weights):", "",
              "| depth | " + " | ".join(str(d + 1) for d in range(len(m["psnr"]))) + " |",
              "|---|" + "---|" * len(m["psnr"]),
@@ -77,6 +82,10 @@ def markdown_card(card: dict) -> str:
     return "\n".join(lines)
 
 
+# Settings that change how a trained tokenizer reads images, not what it learned.
+INFERENCE_KEYS = ("model.top_word", "semantic.word_template")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("name", help="shipped name, e.g. scenes, cifar10, cifar10-lqae, digits")
@@ -86,6 +95,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, help="held-out images to evaluate (default: the run's)")
     parser.add_argument("--commit", help="the commit whose code trained the run (default: HEAD)")
     parser.add_argument("--extra", help="JSON file of further figures to put on the card (few-shot)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"an inference setting of the shipped tokenizer ({', '.join(INFERENCE_KEYS)})")
     args = parser.parse_args()
 
     run = Path(args.run)
@@ -95,6 +106,15 @@ def main() -> None:
     threads = cfg.train.num_threads or os.cpu_count()
     machine = args.machine or (f"{os.cpu_count()}-core {platform.machine()} CPU, {threads} torch "
                                f"thread(s), torch {torch.__version__}")
+    overrides = dict(pair.split("=", 1) for pair in args.set)
+    if unknown := sorted(set(overrides) - set(INFERENCE_KEYS)):
+        parser.error(f"--set takes only {', '.join(INFERENCE_KEYS)}, got {unknown}")
+    if overrides:  # the same weights in a tokenizer that reads with the new settings
+        apply_overrides(cfg, overrides)
+        validate(cfg)
+        reader = create_tokenizer(cfg)
+        reader.load_state_dict(model.state_dict())
+        model = reader
     pretrained.PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
     target = pretrained.PRETRAINED_DIR / f"{args.name}.safetensors"
     save_checkpoint(target, model, None, steps, cfg, dtype=torch.float16)
@@ -119,6 +139,8 @@ def main() -> None:
         "eval_seconds": round(time.time() - start, 1),
         "config": cfg.to_dict(),
     }
+    if overrides:
+        card["inference_overrides"] = overrides
     if args.extra:
         card.update(json.loads(Path(args.extra).read_text()))
     (pretrained.PRETRAINED_DIR / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")

@@ -111,6 +111,10 @@ def create_tokenizer(cfg: ExperimentConfig) -> SPAE:
     before). `model.experiment_config` keeps the full config: its dataset, seed and teacher."""
     model = SPAE(cfg.model, load_codebook(cfg.codebook))
     model.experiment_config = cfg
+    if cfg.model.top_word == "teacher":  # layer 1's word comes from the teacher (V2L's global token)
+        from spae_lab.semantic import SemanticGuide  # the teacher only for tokenizers that use it
+
+        model.top_word_guide = SemanticGuide.from_config(cfg.semantic, model.codebook)
     return model
 
 

@@ -1,8 +1,8 @@
 """Every training loss term, its weight and its schedule.
 
 Pixel terms need no download (no VGG/LPIPS weights): L2, L1 and image gradients. The quantizer's
-commitment and codebook terms come from `pyramid`. The semantic term (SPAE's semantic guidance,
-reconstructed in shared/docs/spae-method.md section 1): the vector that picks a semantic layer's
+commitment and codebook terms come from `quantizer`. The semantic term (SPAE's semantic guidance,
+as we read Yu et al. 2023, section 3): the vector that picks a semantic layer's
 token is pulled towards the teacher's top-K words for the image, as cross-entropy of a softmax over
 negative squared distances to every codebook entry with the top-K *set* as target
 (-log sum_{k in top-K} p_k: any of the K words may win). Learning rate and semantic weight follow

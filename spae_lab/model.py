@@ -142,6 +142,10 @@ class SPAE(nn.Module):
         # features: pulling the shared latents towards the teacher's words cost ~7 dB of PSNR
         # at every depth in trials, a separate head leaves the latents to reconstruction.
         self.semantic_head = None
+        # model.top_word "teacher": the guide (a `semantic.SemanticGuide`, not a submodule: its
+        # weights are the teacher's, not this checkpoint's) that picks layer 1's word at encoding;
+        # `checkpoint.create_tokenizer` binds it
+        self.top_word_guide = None
         if config.semantic_head_layers and config.semantic_head_mlp:
             # per-cell MLP: in the covering pyramid layer 1 reads the mean of its outputs over the
             # grid, so "is there a triangle anywhere" needs a non-linearity before the mean
@@ -210,8 +214,12 @@ class SPAE(nn.Module):
         head = None
         if self.semantic_head is not None:
             head = self._to_search_space(self.semantic_head, features)
+        forced = None
+        if self.top_word_guide is not None:  # layer 1: the teacher's most relevant word
+            self.top_word_guide.teacher.to(images.device)
+            forced = {0: self.top_word_guide.top_words(images)[:, :1]}
         return z, self.quantizer(z, score_layers, head, self.config.semantic_head_layers,
-                                 self.config.head_gradient_scale)
+                                 self.config.head_gradient_scale, forced)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, G*G, D) codebook-space latents -> (B, 3, S, S) in [-1, 1] (unclamped)."""

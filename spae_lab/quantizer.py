@@ -163,17 +163,24 @@ class PyramidQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor, score_layers: int = 0,
                 head: torch.Tensor | None = None, head_layers: int = 0,
-                head_gradient_scale: float = 1.0) -> QuantizerOutput:
+                head_gradient_scale: float = 1.0,
+                forced_ids: dict[int, torch.Tensor] | None = None) -> QuantizerOutput:
         """z (B, G*G, D) -> QuantizerOutput; all layers are quantized, in float32 even under a
         bf16 autocast (running sums and SAQ targets lose words in bf16). For the first
         `score_layers` layers the search keeps its (B, n, V) scores, with gradient, in `scores`.
         With `head` (B, G*G, D), the first `head_layers` layers pick their tokens from it instead
         of z (a separate projection for the semantic layers); the decoder's gradient at depths up
-        to `head_layers` goes to the head, scaled by `head_gradient_scale`, deeper ones to z."""
+        to `head_layers` goes to the head, scaled by `head_gradient_scale`, deeper ones to z.
+        `forced_ids` {layer: (B, n*n) ids} imposes those layers' words (covering pyramid only); the
+        later layers are picked after them, so the running mean corrects for them."""
         with torch.autocast(z.device.type, enabled=False):
             head = head.float() if head is not None else None
-            quantize = self._quantize_cover if self.layout.cover else self._quantize
-            return quantize(z.float(), score_layers, head, head_layers, head_gradient_scale)
+            if forced_ids and not self.layout.cover:
+                raise ValueError("forced_ids needs the covering pyramid (model.coarse_tokens 'cover')")
+            if self.layout.cover:
+                return self._quantize_cover(z.float(), score_layers, head, head_layers,
+                                            head_gradient_scale, forced_ids or {})
+            return self._quantize(z.float(), score_layers, head, head_layers, head_gradient_scale)
 
     def _pick(self, target: torch.Tensor, table: torch.Tensor, half_sq_norms: torch.Tensor,
               keep_scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -203,7 +210,8 @@ class PyramidQuantizer(nn.Module):
 
     def _quantize_cover(self, z: torch.Tensor, score_layers: int = 0,
                         head: torch.Tensor | None = None, head_layers: int = 0,
-                        head_gradient_scale: float = 1.0) -> QuantizerOutput:
+                        head_gradient_scale: float = 1.0,
+                        forced_ids: dict[int, torch.Tensor] | None = None) -> QuantizerOutput:
         """The covering pyramid: a token of layer l is picked for its s x s region from the
         region's mean latent, and every cell of the region counts it. Regions nest (layer sizes
         are powers of two, coarse to fine), so the running sum is constant over each region of
@@ -227,6 +235,8 @@ class PyramidQuantizer(nn.Module):
             # projection is left to reconstruction (keeps the semantic pull off appearance)
             layer_ids, layer_scores = self._pick(target, table.detach(), half_sq_norms,
                                                  layer < score_layers)
+            if forced_ids and layer in forced_ids:  # imposed words (the scores stay, for the loss)
+                layer_ids = forced_ids[layer].to(layer_ids.device, layer_ids.dtype).view_as(layer_ids)
             if layer_scores is not None:
                 scores.append(layer_scores)
             words = table[layer_ids].to(z.dtype)  # (B, n*n, D)

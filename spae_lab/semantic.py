@@ -1,11 +1,10 @@
 """Semantic guidance: a teacher bound to the codebook names the words the top layer should pick.
 
-SPAE (reconstructed, see shared/docs/spae-method.md section 1): the vector that picks a semantic
-layer's token is pulled towards the teacher's top-K words for the image. The loss itself
-(`losses.semantic_loss`) and its weight schedule (`losses.warmup_cosine`) live with the other
-loss terms; this module holds the teacher side: relevance of every word, top-K targets (live, or
-read from a table computed once per training set: `spae_lab.teacher_cache`), and health metrics of
-the words chosen.
+SPAE (Yu et al. 2023, as we read its section 3): the vector that picks a semantic layer's token is
+pulled towards the teacher's top-K words for the image. The loss itself (`losses.semantic_loss`)
+and its weight schedule (`losses.warmup_cosine`) live with the other loss terms; this module holds
+the teacher side: relevance of every word, top-K targets (live, or read from a table computed once
+per training set: `spae_lab.teacher_cache`), and health metrics of the words chosen.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ class SemanticGuide:
         self.teacher = teacher
         self.codebook = codebook
         self.config = config
-        self.word_embeddings = teacher.word_embeddings(codebook)  # (V, E), cached on disk
+        # (V, E), cached on disk; each word read through the config's template ("a photo of a {}")
+        self.word_embeddings = teacher.word_embeddings(codebook, config.word_template)
         self.cached: TopWordsTable | None = None  # the training set's top-K words (cache_top_words)
 
     @classmethod
@@ -52,7 +52,9 @@ class SemanticGuide:
         training set whose indices `top_words` will be given. The teacher is frozen and the items
         are fixed, so the table holds what the live path computes. `compute=False`: only a table
         already on disk (else None, and `top_words` runs the teacher)."""
-        self.cached = load_or_compute(self.teacher, self.word_embeddings, self.codebook.fingerprint(),
+        words = self.codebook.fingerprint() + ("" if self.config.word_template == "{}" else
+                                               f"|{self.config.word_template}")
+        self.cached = load_or_compute(self.teacher, self.word_embeddings, words,
                                       dataset, max(self.config.top_k), _image_size(dataset), progress,
                                       compute=compute)
         return self.cached

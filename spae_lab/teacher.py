@@ -53,13 +53,22 @@ class Teacher:
         """T strings -> (T, E) unit vectors."""
         raise NotImplementedError
 
-    def word_embeddings(self, codebook: Codebook) -> torch.Tensor:
-        """(V, E) embeddings of the codebook's words, cached on disk per (teacher, codebook)."""
-        key = hashlib.sha256(f"{self.name}|{codebook.fingerprint()}".encode()).hexdigest()[:20]
+    def to(self, device) -> Teacher:
+        """Move the image side to `device` (teachers that embed images elsewhere keep them there)."""
+        return self
+
+    def word_embeddings(self, codebook: Codebook, template: str = "{}") -> torch.Tensor:
+        """(V, E) embeddings of the codebook's words, each written into `template` first ("{}": the
+        bare word; "a photo of a {}" ranks class names above generic words such as "pets" for a
+        teacher trained on such captions), cached on disk per (teacher, codebook, template)."""
+        if "{}" not in template:
+            raise TeacherError(f"a word template holds '{{}}' where the word goes, got {template!r}")
+        identity = f"{self.name}|{codebook.fingerprint()}" + ("" if template == "{}" else f"|{template}")
+        key = hashlib.sha256(identity.encode()).hexdigest()[:20]
         path = cache_dir() / "teacher_words" / f"{key}.safetensors"
         if path.exists():
             return load_file(path)["embeddings"]
-        embeddings = self.embed_texts(list(codebook.words)).float().contiguous()
+        embeddings = self.embed_texts([template.format(w) for w in codebook.words]).float().contiguous()
         with atomic_write_path(path) as tmp:
             save_file({"embeddings": embeddings}, str(tmp))
         return embeddings
