@@ -127,8 +127,10 @@ def _writer(model, tiny_llm, path, **decode):
     return make_writer(llm, model.codebook.words, DecodeConfig(**decode), "test")
 
 
-def test_every_written_word_is_a_codebook_word_and_known_words_stay(model, tiny_llm, tmp_path):
-    writer = _writer(model, tiny_llm, tmp_path / "c.sqlite", vocabulary="codebook")
+@pytest.mark.parametrize("vocabulary", ["codebook", "known"])
+def test_every_written_word_is_a_codebook_word_and_known_words_stay(model, tiny_llm, tmp_path,
+                                                                    vocabulary):
+    writer = _writer(model, tiny_llm, tmp_path / "c.sqlite", vocabulary=vocabulary)
     assert isinstance(writer, HFWordWriter) and writer.unwritable == 0
     V, sizes = len(model.codebook), model.layout.tokens_per_layer()
     g = torch.Generator().manual_seed(0)
@@ -147,6 +149,10 @@ def test_every_written_word_is_a_codebook_word_and_known_words_stay(model, tiny_
         assert all(0 <= r < V for layer in written for r in layer)
     assert all(r == k for lr, lk in zip(out, known, strict=True) for r, k in zip(lr, lk, strict=True)
                if k is not None)
+    if vocabulary == "known":  # masked words are copies of the layer's given words
+        for lr, lk in zip(out, known, strict=True):
+            given = {k for k in lk if k is not None}
+            assert not given or set(lr) <= given
     assert writer.llm.inner.stats.requests > 0
     writer.llm.close()
 

@@ -40,9 +40,11 @@ def add_generate_parser(subparsers):
     p.add_argument("--schedule", type=float, nargs=3, metavar=("START", "END", "COUNT"),
                    default=(0.50, 0.23, 10),
                    help="denoise: replacement ratio of the first and last context copy, copies")
-    p.add_argument("--vocabulary", choices=["codebook", "context", "position"], default="position",
+    p.add_argument("--vocabulary", choices=["codebook", "context", "position", "known"],
+                   default="position",
                    help="words the LLM may write: any codebook word, the words the examples use "
-                   "in that layer, or the words the examples hold at that position")
+                   "in that layer, the words the examples hold at that position, or the query's "
+                   "own given words of that layer")
     p.add_argument("--no-repeat-ngram", type=int, default=0,
                    help="never repeat an n-gram within the layer being written (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="context draws, corruptions, sampling")

@@ -37,7 +37,7 @@ from spae_lab.llm.base import GenerationParams, LLMError
 from spae_lab.llm.cache import CachedBackend
 
 LAYER_SEPARATOR = " |"
-VOCABULARIES = ("codebook", "context", "position")
+VOCABULARIES = ("codebook", "context", "position", "known")
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,10 @@ class DecodeConfig:
     seed: int = 0  # sampling seed (each call draws from its own generator, seeded by its prompt)
     # words the LLM may write: "codebook" (all of them), "context" (those the in-context examples
     # use in the layer being written) or "position" (those the examples hold at the position
-    # being written: a copy vocabulary). With all words, SmolLM2-135M drifts into "of the world
-    # of the world" or one word repeated after a few words of a deep layer.
+    # being written: a copy vocabulary) or "known" (the query's own given words of that layer,
+    # e.g. around an inpainted centre; every word where none is given). With all words,
+    # SmolLM2-135M drifts into "of the world of the world" or one word repeated after a few
+    # words of a deep layer.
     vocabulary: str = "position"
     # n > 0: never repeat an n-gram within the layer being written (HF's no_repeat_ngram_size,
     # applied to the layer's own words only, so copying an example stays possible); 0: off
@@ -322,6 +324,8 @@ def progressive_decode(writer: WordWriter, examples: Sequence[Example], queries:
                 elif vocabulary == "position" and examples:
                     allowed = [[e.target[depth - 1][p] for e in examples]
                                for p in range(len(rows), len(rows) + run)]
+                elif vocabulary == "known" and any(k is not None for k in known):
+                    allowed = [[k for k in known if k is not None]] * run
                 rows += writer.write(prefix, head, words_text([rows], words) if rows else "",
                                      run, allowed)
                 if on_call is not None:
