@@ -8,14 +8,36 @@
   the codebook's words), the word writers and their SQLite cache;
 - `tasks`: corruptions (`CorruptionSchedule`, V2L's preset), prompts, no-LLM fills;
 - `run`: `run_generation`, the files it writes and its metrics;
-- `cli`: `spae-lab generate TASK` (`add_generate_parser`, `cmd_generate`).
+- `figures`: the grid of context, condition and outputs per layer;
+- `cli`: `spae-lab generate TASK` (`add_generate_parser`, `cmd_generate`; also
+  `python -m spae_lab.generate TASK ...`).
+
+Names are imported on first use, so `spae_lab.generate.cli` (the argument parser) loads no torch.
 """
 
-from spae_lab.generate.cli import add_generate_parser, cmd_generate
-from spae_lab.generate.decode import DecodeConfig, progressive_decode
-from spae_lab.generate.run import GenerationConfig, GenerationError, run_generation
-from spae_lab.generate.tasks import TASKS, V2L_SCHEDULE, CorruptionSchedule
+from __future__ import annotations
 
-__all__ = ["TASKS", "V2L_SCHEDULE", "CorruptionSchedule", "DecodeConfig", "GenerationConfig",
-           "GenerationError", "add_generate_parser", "cmd_generate", "progressive_decode",
-           "run_generation"]
+import importlib
+
+_EXPORTS = {
+    "add_generate_parser": "spae_lab.generate.cli",
+    "cmd_generate": "spae_lab.generate.cli",
+    "DecodeConfig": "spae_lab.generate.decode",
+    "progressive_decode": "spae_lab.generate.decode",
+    "GenerationConfig": "spae_lab.generate.run",
+    "GenerationError": "spae_lab.generate.run",
+    "run_generation": "spae_lab.generate.run",
+    "TASKS": "spae_lab.generate.tasks",
+    "V2L_SCHEDULE": "spae_lab.generate.tasks",
+    "CorruptionSchedule": "spae_lab.generate.tasks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'spae_lab.generate' has no attribute {name!r}")
