@@ -59,8 +59,8 @@ def markdown_card(card: dict) -> str:
              f"- trained: {card['steps']} steps, {card['wall_minutes']} minutes on {card['machine']}",
              f"- commit: {card['commit']}",
              f"- reproduce: `{card['command']}`, then "
-             f"`python scripts/make_pretrained.py {card['name']} --run RUN --command \"...\"`"
-             + "".join(f" --set \"{k}={v}\"" for k, v in card.get("inference_overrides", {}).items()),
+             f"`python scripts/make_pretrained.py {card['name']} --run RUN --command \"...\""
+             + "".join(f" --set \"{k}={v}\"" for k, v in card.get("inference_overrides", {}).items()) + "`",
              "", "Held-out figures (the shipped float16 weights):", "",
              "| depth | " + " | ".join(str(d + 1) for d in range(len(m["psnr"]))) + " |",
              "|---|" + "---|" * len(m["psnr"]),

@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="part of --dataset to use (default: all of a given dataset, else heldout)")
     p.add_argument("--max-per-class", type=int, default=200,
                    help="images per class to draw episodes from (0 = every image)")
-    p.add_argument("--layers", type=int, default=2, help="SPAE pyramid layers per image (2 = 5 words)")
+    p.add_argument("--layers", type=int, default=1,
+                   help="SPAE pyramid layers per image (1: the top word; 2: 5 words)")
     p.add_argument("--ways", type=int, nargs="+", default=[2, 5])
     p.add_argument("--episodes", type=int, default=20, help="episodes per (ways, shots)")
     p.add_argument("--settings", default="frozen7",

@@ -99,8 +99,8 @@ def train_scenes(out: Path, steps: int | None = None, minutes: float | None = No
 
 
 def show_fewshot(out: Path, episodes: int = 40, progress: bool = True) -> dict:
-    """Few-shot classification of the shipped CIFAR-10 sample by SmolLM2: SPAE's 5 words against
-    the LQAE-style baseline's 64, printed with 95% intervals and chance."""
+    """Few-shot classification of the shipped CIFAR-10 sample by SmolLM2: SPAE's top word (layer 1)
+    against the LQAE-style baseline's 64 words, printed with 95% intervals and chance."""
     from spae_lab.episodes import FewShotConfig, select_settings
     from spae_lab.fewshot import run_experiment
 

@@ -322,7 +322,7 @@ def teacher_features(spec: str = "lit:builtin") -> Callable[[torch.Tensor], torc
 
 
 def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str | Path | None = None,
-                   dataset: str | None = None, max_per_class: int | None = 200, layers: int = 2,
+                   dataset: str | None = None, max_per_class: int | None = 200, layers: int = 1,
                    split: str | None = None,
                    baseline_max_tokens: int | None = None, backend: str | LLMBackend = "hf:smollm2",
                    references: Sequence[str] = ("pixels", "teacher"),
