@@ -278,6 +278,8 @@ def run_generation(task: str, tokenizer, input=None, out="runs/generate", backen
     cfg = replace(config or GenerationConfig(), task=task, **overrides)
     if task not in T.TASKS:
         raise GenerationError(f"unknown task {task!r}; tasks: {', '.join(T.TASKS)}")
+    if cfg.class_context not in ("mixed", "last", "same"):
+        raise GenerationError(f"class_context must be mixed, last or same, got {cfg.class_context!r}")
     model = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     size = model.config.image_size
 
@@ -307,7 +309,7 @@ def run_generation(task: str, tokenizer, input=None, out="runs/generate", backen
                                  classifier)
     finally:
         if llm is not inner:
-            llm.close()
+            llm.cache.close()  # the caller's backend stays open for its next run
     _write_prompts(out, writer, result.pop("prefixes"))
     record = {"task": task, "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, Path))
               else "model", "input": str(input) if input is not None else "held-out data",
