@@ -16,6 +16,7 @@ import yaml
 
 from spae_lab.config import CodebookConfig, ConfigError, create_config, list_presets
 from spae_lab.errors import SpaeError
+from spae_lab.generate.cli import add_generate_parser
 
 # Library modules are imported inside the commands that use them: `--help`, `presets` and
 # `report --list` then answer without loading torch.
@@ -469,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
     p.add_argument("--index-only", dest="index_only", action="store_true", help="only rewrite index.html")
     p.set_defaults(func=cmd_report)
+    add_generate_parser(sub)  # `generate`: spae_lab/generate/cli.py
     return parser
 
 
