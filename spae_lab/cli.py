@@ -47,19 +47,6 @@ def _parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def _positive(kind: type, minimum: float = 1):
-    """An argparse type: `kind` of the text, at least `minimum` (argparse turns the ValueError
-    into "invalid value" and status 2)."""
-    def convert(text: str):
-        value = kind(text)
-        if not value >= minimum or value != value:  # NaN fails both
-            raise ValueError(text)
-        return value
-
-    convert.__name__ = f"{kind.__name__} >= {minimum}"
-    return convert
-
-
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
@@ -285,6 +272,10 @@ def cmd_fewshot(args) -> int:
     from spae_lab.llm.spec import parse_backend_spec
 
     parse_backend_spec(args.backend)  # a bad spec fails here, before any folder or model is made
+    for flag, value, least in (("timeout", args.llm_timeout, 1e-3), ("retries", args.llm_retries, 0),
+                               ("concurrency", args.llm_concurrency, 1)):
+        if not value >= least:  # NaN fails too; checked for every backend, used by openai ones
+            raise ConfigError(f"--llm-{flag}: {flag} must be >= {least:g}, got {value}")
     from spae_lab.episodes import FewShotConfig, select_settings
     from spae_lab.fewshot import run_experiment
 
@@ -408,11 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hf:<id or folder> or openai:<model>@<base_url> (key from $OPENAI_API_KEY)")
     p.add_argument("--llm-endpoint", choices=["completions", "chat"], default="completions",
                    help="openai backends: chat cannot rank by likelihood")
-    p.add_argument("--llm-timeout", type=_positive(float), default=60.0,
+    p.add_argument("--llm-timeout", type=float, default=60.0,
                    help="openai backends: seconds per request, the whole reply included (a total deadline)")
-    p.add_argument("--llm-retries", type=_positive(int, minimum=0), default=6,
+    p.add_argument("--llm-retries", type=int, default=6,
                    help="openai backends: retries per request")
-    p.add_argument("--llm-concurrency", type=_positive(int), default=4,
+    p.add_argument("--llm-concurrency", type=int, default=4,
                    help="openai backends: parallel requests (1 or more)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports/fewshot", help="folder: episodes, LLM cache, tables")

@@ -192,7 +192,7 @@ def test_cli_fewshot(tiny_llm, tokenizer_run, tmp_path, capsys):
                  "config.json", "llm_cache.sqlite"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["readers"] == {"SPAE": "2 layer(s), 5 words", "LQAE-style": "1 layer(s), 1 words"}
+    assert config["readers"] == {"SPAE": "1 layer(s), 1 words", "LQAE-style": "1 layer(s), 1 words"}
     # the same folder with other episodes: one readable line, exit code 2
     code = main(["fewshot", str(tokenizer_run), "--backend", f"hf:{tiny_llm}", "--ways", "2",
                  "--episodes", "3", "--out", str(out), "--quiet", "--references"])
