@@ -1,10 +1,15 @@
 """Shared test settings and fixtures: two torch threads at most (2-core machines), slow tests
 opt-in, one tiny random Llama for the whole session."""
 
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two test processes under pytest-xdist (pyproject's addopts) get one torch thread each; one
+# process alone gets two: threads x processes <= 2, which 2-core machines need (more was seen to
+# slow steps tenfold).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 def pytest_addoption(parser):
