@@ -242,7 +242,8 @@ def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
             [sys.executable, "-m", "spae_lab.cli", "fewshot", str(tokenizer_run), "--backend",
              f"openai:fake@{server.url}", "--ways", "2", "--episodes", "25", "--settings",
              "quick", "--names", "real", "--decoding", "likelihood", "constrained",
-             "--references", "--llm-timeout", "0.5", "--out", str(out)],
+             "--references", "--llm-timeout", "0.5", "--out", str(out),
+             "--layers", "2"],  # 5 words: distinct prompts (one word of a random tokenizer repeats)
             capture_output=True, text=True, timeout=600,
             env={**__import__("os").environ, "OPENAI_API_KEY": key, "OMP_NUM_THREADS": "1"})
     finally:
