@@ -125,21 +125,10 @@ def make_step(cfg, model, guide, dataset, optimizer, before: bool = False):
     return step
 
 
-def profile_steps(step, steps: int, warmup: int = 2) -> tuple[dict, dict, float]:
-    """(ms per step by phase, aten op calls per step by phase, median un-profiled step in ms)."""
-    for s in range(warmup):
-        step(s)
-    plain = []
-    for s in range(warmup, warmup + steps):
-        start = time.perf_counter()
-        step(s)
-        plain.append(time.perf_counter() - start)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for s in range(warmup, warmup + steps):
-            step(s)
-    total = {e.key: e.cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+def _phases(total: dict[str, float]) -> dict[str, float]:
+    """Phase times (ms a step) from the profiler's per-range totals (ms a step)."""
     t = lambda name: total.get(name, 0.0)  # noqa: E731
-    phases = {
+    return {
         "data": t("data"),
         "encoder": t("encoder"),
         "teacher": t("teacher"),
@@ -151,10 +140,34 @@ def profile_steps(step, steps: int, warmup: int = 2) -> tuple[dict, dict, float]
         "decoder": t("decoder"),
         "backward": t("backward"),
         "optimizer": t("optimizer"),
+        "step (profiled)": t("step"),
     }
-    phases["step (profiled)"] = t("step")
-    ops = _op_counts(prof, steps)
-    return phases, ops, 1e3 * sorted(plain)[len(plain) // 2]
+
+
+def profile_steps(steps_by_version: dict, steps: int, warmup: int = 2) -> dict[str, tuple[dict, dict, float]]:
+    """Per version: (ms per step by phase, aten op calls per step by phase, median un-profiled step
+    in ms). The versions take turns step by step, profiled and not, so that a change of load on a
+    shared machine hits them alike."""
+    for s in range(warmup):
+        for step in steps_by_version.values():
+            step(s)
+    plain = {v: [] for v in steps_by_version}
+    for s in range(warmup, warmup + steps):
+        for version, step in steps_by_version.items():
+            start = time.perf_counter()
+            step(s)
+            plain[version].append(time.perf_counter() - start)
+    totals = {v: {} for v in steps_by_version}
+    ops = {v: {} for v in steps_by_version}
+    for s in range(warmup, warmup + steps):
+        for version, step in steps_by_version.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step(s)
+            for e in prof.key_averages():
+                totals[version][e.key] = totals[version].get(e.key, 0.0) + e.cpu_time_total / 1e3 / steps
+            for k, v in _op_counts(prof, steps).items():
+                ops[version][k] = ops[version].get(k, 0.0) + v
+    return {v: (_phases(totals[v]), ops[v], 1e3 * sorted(plain[v])[len(plain[v]) // 2]) for v in steps_by_version}
 
 
 def _op_counts(prof, steps: int) -> dict[str, float]:
@@ -216,13 +229,15 @@ def main() -> None:
         with BackgroundLoad(load) as background:
             for threads in args.threads:
                 torch.set_num_threads(threads)
+                steps = {}
                 for version in args.versions:
                     cfg, model, guide, dataset, optimizer = setup(args.preset, args.batch_size, version == "after")
                     instrument(model, guide)
-                    step = make_step(cfg, model, guide, dataset, optimizer, before=version == "before")
-                    before = load_average()
-                    phases, ops, step_ms = profile_steps(step, args.steps)
-                    after = load_average()
+                    steps[version] = make_step(cfg, model, guide, dataset, optimizer, before=version == "before")
+                before = load_average()
+                profiled = profile_steps(steps, args.steps)
+                after = load_average()
+                for version, (phases, ops, step_ms) in profiled.items():
                     label = f"{'quiet' if not load else f'{load} busy'}, {threads} thr, {version}"
                     runs.append({"label": label, "background": background.describe(), "threads": threads,
                                  "version": version, "phases_ms": phases, "ops_per_step": ops,

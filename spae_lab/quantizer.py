@@ -58,13 +58,13 @@ def nearest_codes(
     # exact ids: the search runs in the codebook's dtype even under a bf16 autocast region
     with torch.autocast(targets.device.type, enabled=False), torch.no_grad():
         augmented = torch.cat([codebook, -half_sq_norms.to(codebook.dtype)[:, None]], dim=1)  # (V, D+1)
-        chunk = targets.new_ones(rows, D + 1, dtype=codebook.dtype)  # last column stays 1
+        queries = torch.cat([targets.to(codebook.dtype), targets.new_ones(N, 1, dtype=codebook.dtype)], dim=1)
         scores = targets.new_empty(rows, V, dtype=codebook.dtype)  # reused: (rows, V)
         for start in range(0, N, rows):
             n = min(rows, N - start)
-            chunk[:n, :D] = targets[start : start + n]
-            torch.mm(chunk[:n], augmented.t(), out=scores[:n])
-            out[start : start + n] = argmax_rows(scores[:n])
+            chunk_scores = scores if n == rows else scores[:n]
+            torch.mm(queries[start : start + n], augmented.t(), out=chunk_scores)  # (n, D+1) x (D+1, V)
+            out[start : start + n] = argmax_rows(chunk_scores)
     return out
 
 
@@ -86,9 +86,9 @@ def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
         return scores.argmax(dim=-1)
     flat = scores.reshape(-1, V // b, b)  # (R, V/b, b)
     block = flat.amax(dim=-1).argmax(dim=-1)  # (R,) first block holding the row's maximum
-    rows = torch.arange(flat.shape[0], device=scores.device)
-    offset = flat[rows, block].argmax(dim=-1)  # (R,) first maximum inside that block
-    return (block * b + offset).view(scores.shape[:-1])
+    inside = flat.gather(1, block.view(-1, 1, 1).expand(-1, 1, b))  # (R, 1, b) that block's scores
+    offset = inside.argmax(dim=-1).view(-1)  # (R,) first maximum inside that block
+    return block.mul_(b).add_(offset).view(scores.shape[:-1])
 
 
 def search_scores(targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
