@@ -1,10 +1,12 @@
 """The ablation command: four variants, one table (CSV + Markdown), resumable."""
 
 import pandas as pd
+import pytest
 
 from spae_lab.cli import main
 
 
+@pytest.mark.slow  # trains four variants
 def test_ablation_table_from_the_cli(tmp_path, capsys):
     out = tmp_path / "ablation"
     args = ["ablate", "--preset", "tiny", "--steps", "4", "--out", str(out), "--quiet",

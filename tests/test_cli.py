@@ -103,6 +103,7 @@ def _one_error_line(proc, command: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # three console-script runs, one a training
 @pytest.mark.parametrize("command", ["train", "decode", "report"])
 def test_a_full_disk_is_one_line_with_status_2(tmp_path, command):
     """RLIMIT_FSIZE makes every write past 64 bytes fail (EFBIG, as ENOSPC would on a full disk;

@@ -264,6 +264,7 @@ def cache_rows(path: Path) -> list[tuple[str, str, str]]:
         return db.execute("SELECT key, request, answer FROM answers").fetchall()
 
 
+@pytest.mark.slow  # a 100-query server run with faults
 def test_100_queries_through_a_faulty_server_are_all_answered_once(start_server, tmp_path):
     server = start_server(*FAULT_FLAGS)
     inner = OpenAIBackend(server.url, "m", concurrency=8, timeout=1.5, max_retries=4, **FAST)

@@ -34,6 +34,7 @@ def test_unknown_names_are_refused_clearly():
         load_tokenizer("cifar100")
 
 
+@pytest.mark.slow  # evaluates 256 scenes with the teacher
 def test_scenes_card_reproduces():
     """The card's held-out figures are those of the shipped weights, recomputed here."""
     model = load_tokenizer("scenes")

@@ -75,6 +75,7 @@ def synthetic(tmp_path_factory):
     return reports, proc
 
 
+@pytest.mark.slow  # papermill kernels for a set of notebooks
 def test_a_failing_notebook_is_reported_and_the_others_still_run(synthetic):
     reports, proc = synthetic
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one failed
@@ -94,6 +95,7 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(synthetic):
         assert (folder / f"{run['notebook']}.html").exists()  # the failed one too, with its error
 
 
+@pytest.mark.slow  # papermill kernels for a set of notebooks
 def test_config_records_parameters_provenance_and_seed(synthetic):
     reports, _ = synthetic
     run = next(r for r in read_runs(reports) if r["notebook"] == "b_figures")
