@@ -27,6 +27,27 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of every call of each function, timed in turns (a, b, c, a, b, c, ...): round r of
+    each list ran within the same stretch of time, so per-round ratios cancel slow load changes."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    """(lower quartile, median, upper quartile), nearest rank."""
+    v = sorted(values)
+    return v[len(v) // 4], v[len(v) // 2], v[(3 * len(v)) // 4]
+
+
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:

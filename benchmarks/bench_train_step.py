@@ -11,7 +11,8 @@ before that table), "spae_no_semantic" leaves the teacher and the semantic loss 
 32 CIFAR-10 images through the training data path (the 300-image sample that ships).
 
 Timings are interleaved medians of one run, so every ratio is against a plain VQ step measured in
-the same run; `--load N` runs N busy background processes meanwhile (`_common.BackgroundLoad`).
+the same run (and per round: each round times every variant back to back; their quartiles say how
+much the load moved); `--load N` runs N busy background processes meanwhile (`_common.BackgroundLoad`).
 Peak extra memory of a step is measured in a fresh child process per variant.
 
     .venv/bin/python benchmarks/bench_train_step.py [--preset small] [--load 2] [--json out.json]
@@ -30,9 +31,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BackgroundLoad,
-    interleaved_medians,
+    interleaved_times,
     load_average,
     peak_rss_mb,
+    quantiles,
     reset_peak_rss,
     run_child,
 )
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--load", type=int, default=0, help="busy background processes (0: quiet)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,22 +146,29 @@ def main() -> None:
     fns, facts = steps(args.preset, args.batch_size)
     with BackgroundLoad(args.load) as background:
         load_before = load_average()
-        t = interleaved_medians(fns, args.repeats, warmup=2)
+        times = interleaved_times(fns, args.repeats, warmup=2)
         load_after = load_average()
     child_args = ["--preset", args.preset, "--batch-size", str(args.batch_size)]
     child_args += ["--threads", str(args.threads)] if args.threads else []
-    memory = {name: run_child(__file__, [name, *child_args])["peak_extra_mb"] for name in fns}
+    memory = {name: None if args.no_memory else run_child(__file__, [name, *child_args])["peak_extra_mb"]
+              for name in fns}
+    t = {name: quantiles(v)[1] for name, v in times.items()}
+    # per-round ratios (each round times every variant back to back): median and quartiles
+    ratios = {name: quantiles([a / b for a, b in zip(v, times["plain_vq"], strict=True)]) for name, v in times.items()}
     rows = [{"variant": name, "step_seconds": t[name], "images_per_second": args.batch_size / t[name],
-             "over_plain_vq": t[name] / t["plain_vq"], "peak_extra_mb": memory[name]} for name in fns]
+             "over_plain_vq": t[name] / t["plain_vq"], "round_ratio_quartiles": ratios[name],
+             "peak_extra_mb": memory[name], "step_seconds_all": times[name]} for name in fns]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, background load "
           f"{background.describe()}, load average {load_before:.2f} -> {load_after:.2f}; "
           f"preset {facts['preset']}, batch {facts['batch_size']}, "
           f"{facts['codebook_size']} words, search {facts['search_dim']}-d; tokens/image: SPAE "
           f"{facts['spae_tokens_per_image']}, plain VQ {facts['plain_tokens_per_image']}")
-    print(f"{'variant':20s} {'ms/step':>8s} {'images/s':>9s} {'x plain VQ':>11s} {'peak extra MB':>14s}")
+    print(f"{'variant':20s} {'ms/step':>8s} {'images/s':>9s} {'x plain VQ':>11s} {'per round (quartiles)':>22s} "
+          f"{'peak extra MB':>14s}")
     for r in rows:
+        low, mid, high = r["round_ratio_quartiles"]
         print(f"{r['variant']:20s} {r['step_seconds'] * 1e3:8.0f} {r['images_per_second']:9.1f} "
-              f"{r['over_plain_vq']:11.2f} {r['peak_extra_mb']:14.0f}")
+              f"{r['over_plain_vq']:11.2f} {f'{mid:.2f} ({low:.2f}-{high:.2f})':>22s} {r['peak_extra_mb'] or 0:14.0f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(),
