@@ -1,10 +1,10 @@
 """Where a training step's time goes: the `small` preset at batch 32, phase by phase, under
 torch.profiler, on a quiet machine and under a fixed background load (two busy processes).
 
-Two versions of the step: "before" (the teacher's forward in every step, the search in one 64 MB
-score buffer with torch's argmax: the step as issue 16 found it) and "after" (the teacher's top-K
-words read from the table computed once per training set, the cache-sized search with its
-vectorised argmax).
+Three steps, taking turns: "plain" (the plain VQ step of bench_train_step.py, the reference),
+"before" (the teacher's forward in every step, the search in one 64 MB score buffer with torch's
+argmax: the SPAE step as issue 16 found it) and "after" (the teacher's top-K words read from the
+table computed once per training set, the cache-sized search with its vectorised argmax).
 
 Phases: data (batch indices, decoding, collation), encoder, teacher (the top-K words of the
 batch: the teacher's forward, or a lookup in the cached table), search (the nearest-word
@@ -125,16 +125,57 @@ def make_step(cfg, model, guide, dataset, optimizer, before: bool = False):
     return step
 
 
+def make_plain_step(cfg, model, dataset):
+    """The plain VQ step of bench_train_step.py (the same backbone around one learned layer of
+    8,192 words), on the same batches, labelled alike (its search: `nearest_codes`)."""
+    from bench_train_step import PlainVQAutoencoder
+
+    import spae_lab.quantizer as quantizer
+    from spae_lab.losses import reconstruction_losses
+    from spae_lab.model import SPAE
+    from spae_lab.train import batch_indices, load_batch
+
+    torch.manual_seed(0)
+    plain = PlainVQAutoencoder(SPAE(cfg.model, model.codebook))
+    _Range(plain.encoder, "encoder")
+    _Range(plain.decoder, "decoder")
+    optimizer = torch.optim.AdamW(plain.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    search = _wrap(quantizer.nearest_codes, "search")
+
+    def step(s: int) -> None:
+        with record_function("step"):
+            with record_function("data"):
+                batch = load_batch(dataset, batch_indices(s, cfg.train.batch_size, len(dataset), cfg.train.seed))
+            images, original = batch["image"], quantizer.nearest_codes
+            quantizer.nearest_codes = search  # read by PlainVQAutoencoder.forward at each call
+            try:
+                with record_function("forward"):
+                    recon, vq_loss = plain(images)
+            finally:
+                quantizer.nearest_codes = original
+            with record_function("losses"):
+                loss = sum(reconstruction_losses(recon, images * 2 - 1, cfg.loss).values()) + vq_loss
+            with record_function("backward"):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with record_function("optimizer"):
+                torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+    return step
+
+
 def _phases(total: dict[str, float]) -> dict[str, float]:
-    """Phase times (ms a step) from the profiler's per-range totals (ms a step)."""
+    """Phase times (ms a step) from the profiler's per-range totals (ms a step). The plain VQ step
+    has no quantizer range: its search is its quantizer, the rest of its VQ is "forward other"."""
     t = lambda name: total.get(name, 0.0)  # noqa: E731
+    quantizer = t("quantizer") if "quantizer" in total else t("search")
     return {
         "data": t("data"),
         "encoder": t("encoder"),
         "teacher": t("teacher"),
         "search": t("search"),
-        "SAQ bookkeeping": t("quantizer") - t("search"),
-        "forward other": t("forward") - t("encoder") - t("quantizer") - t("decoder"),
+        "SAQ bookkeeping": quantizer - t("search"),
+        "forward other": t("forward") - t("encoder") - quantizer - t("decoder"),
         "semantic loss": t("semantic loss"),
         "pixel losses": t("losses") - t("teacher") - t("semantic loss"),
         "decoder": t("decoder"),
@@ -220,7 +261,8 @@ def main() -> None:
                         help="torch threads, one run each")
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 2],
                         help="background processes per run (0: quiet)")
-    parser.add_argument("--versions", nargs="+", choices=["before", "after"], default=["before", "after"])
+    parser.add_argument("--versions", nargs="+", choices=["plain", "before", "after"],
+                        default=["plain", "before", "after"])
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
@@ -232,6 +274,9 @@ def main() -> None:
                 steps = {}
                 for version in args.versions:
                     cfg, model, guide, dataset, optimizer = setup(args.preset, args.batch_size, version == "after")
+                    if version == "plain":
+                        steps[version] = make_plain_step(cfg, model, dataset)
+                        continue
                     instrument(model, guide)
                     steps[version] = make_step(cfg, model, guide, dataset, optimizer, before=version == "before")
                 before = load_average()

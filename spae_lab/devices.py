@@ -55,7 +55,8 @@ def choose_num_threads() -> int:
     starts on this machine (LOCAL_WORLD_SIZE), at least 1.
 
     Beside busy processes, threads that wait for each other at every parallel region cost more than
-    they bring (benchmarks/results/contention_cpu.md)."""
+    they bring: with two busy processes on a 2-core machine, the small preset's SPAE step took 1.6 to
+    2.6x as long on 2 threads as on 1 (benchmarks/results/contention_cpu.md, train_step_cpu_load2*.json)."""
     cores = available_cores()
     try:
         busy = os.getloadavg()[0]
