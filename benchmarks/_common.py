@@ -10,20 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) so that a load
-    change on a shared machine hits every contender alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    change on a shared machine hits every contender alike (`interleaved_times`)."""
+    times = interleaved_times(fns, repeats, warmup)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
@@ -40,6 +33,17 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
             fn()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def write_results(result: dict, json_path: str | None, markdown_path: str | None,
+                  markdown: Callable[[dict], str]) -> None:
+    """Print the result as Markdown; write it as JSON and/or Markdown where asked."""
+    text = markdown(result)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    if markdown_path:
+        Path(markdown_path).write_text(text)
 
 
 def quantiles(values: list[float]) -> tuple[float, float, float]:

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BackgroundLoad, interleaved_medians, load_average  # noqa: E402
+from _common import BackgroundLoad, interleaved_medians, load_average, write_results  # noqa: E402
 
 POLICIES = ("default", "PASSIVE", "ACTIVE")
 
@@ -98,11 +98,7 @@ def main() -> None:
                                  "policy": policy, **r, "load_average": [before, load_average()]})
                     print(markdown({"rows": rows[-1:]}).splitlines()[-1], flush=True)
     result = {"cpus": os.cpu_count(), "rows": rows}
-    print(markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(result))
+    write_results(result, args.json, args.markdown, markdown)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ same dataset code as training (the 300-image sample that ships with the package)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BackgroundLoad, load_average  # noqa: E402
+from _common import BackgroundLoad, load_average, write_results  # noqa: E402
 
 PHASES = ("data", "encoder", "teacher", "search", "SAQ bookkeeping", "forward other", "semantic loss",
           "pixel losses", "decoder", "backward", "optimizer")
@@ -291,11 +290,7 @@ def main() -> None:
                           + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()), flush=True)
     result = {"torch": torch.__version__, "preset": args.preset,
               "batch_size": args.batch_size, "steps": args.steps, "runs": runs}
-    print(markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(result))
+    write_results(result, args.json, args.markdown, markdown)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 from PIL import Image
-from tiny_llm import save_tiny_llama
 
 from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from spae_lab.config import create_config
@@ -32,10 +31,8 @@ LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
 
 
 @pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    save_tiny_llama(folder)
-    return folder
+def tiny_llm(tiny_llama):
+    return tiny_llama  # the session's tiny Llama (conftest.py)
 
 
 @pytest.fixture(scope="module")

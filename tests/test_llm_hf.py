@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_llm import CHOICES, save_tiny_llama
+from tiny_llm import CHOICES
 
 from spae_lab.llm.base import GenerationParams, LLMError
 from spae_lab.llm.hf import HFBackend, build_trie
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    save_tiny_llama(folder)
-    return folder
+def tiny_folder(tiny_llama):
+    return tiny_llama  # the session's tiny Llama (conftest.py)
 
 
 @pytest.fixture(scope="module")
