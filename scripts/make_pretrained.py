@@ -78,6 +78,11 @@ def markdown_card(card: dict) -> str:
     if "fewshot" in card:
         lines += ["", "Few-shot classification by SmolLM2 (real names, likelihood ranking, "
                   "average over Frozen's 7 settings):", "", card["fewshot"]["table_md"]]
+        if "protocol" in card["fewshot"]:
+            commands = card["fewshot"]["command"]
+            commands = [commands] if isinstance(commands, str) else commands
+            lines += ["", f"Protocol: {card['fewshot']['protocol']}. Commands:", "",
+                      *(f"- `{c}`" for c in commands)]
     lines += ["", "Config: see the `config` of the JSON card beside this file.", ""]
     return "\n".join(lines)
 
