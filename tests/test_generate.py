@@ -296,3 +296,28 @@ def test_generation_grid_draws_context_conditions_and_layers(conditions):
               "targets": images if conditions == "images" else None}
     figure = generation_grid(result)
     assert len(figure.axes) == 3 * 5  # (1 context row + 2 queries) x (condition, 3 layers, target)
+
+
+def test_edit_by_words_steers_the_coarse_decode_of_the_shipped_digits(tmp_path):
+    """Swapping the top word for "seven" makes the 1-layer decode a seven for the digit classifier
+    far more often than the unedited words or a random top word do (the judged images are the
+    ones not read as a seven before); the files are written at the input's size."""
+    from spae_lab.generate.edit import run_edit
+
+    result = run_edit("digits", "seven", out=tmp_path / "edit", images=12)
+    judged = result["summary"]["judged_as_word"]
+    assert judged["original"][0] == 0.0  # only images not already read as a seven are edited
+    assert judged["edited"][0] >= 0.75 > judged["random word"][0] + 0.25
+    names = list(result["records"]["image"])
+    assert len(names) == 12 and (tmp_path / "edit" / "images" / f"{names[0]}_edited.png").exists()
+    assert set(result["records"]["new_word"]) == {"seven"}
+
+
+def test_edit_refuses_a_word_outside_the_codebook_in_one_line(tmp_path, capsys):
+    from spae_lab.cli import main
+
+    assert main(["generate", "edit", "--tokenizer", "digits", "--word", "zzqq",
+                 "--out", str(tmp_path / "e")]) == 2
+    assert main(["generate", "edit", "--tokenizer", "digits", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "not a word of this tokenizer's codebook" in err and "needs --word" in err

@@ -8,6 +8,7 @@
   the codebook's words), the word writers and their SQLite cache;
 - `tasks`: corruptions (`CorruptionSchedule`, V2L's preset), prompts, no-LLM fills;
 - `run`: `run_generation`, the files it writes and its metrics;
+- `edit`: editing by words (`run_edit`: the top word swapped, the pyramid decoded; no LLM);
 - `figures`: the grid of context, condition and outputs per layer;
 - `cli`: `spae-lab generate TASK` (`add_generate_parser`, `cmd_generate`; also
   `python -m spae_lab.generate TASK ...`).
@@ -27,6 +28,7 @@ _EXPORTS = {
     "GenerationConfig": "spae_lab.generate.run",
     "GenerationError": "spae_lab.generate.run",
     "run_generation": "spae_lab.generate.run",
+    "run_edit": "spae_lab.generate.edit",
     "TASKS": "spae_lab.generate.tasks",
     "V2L_SCHEDULE": "spae_lab.generate.tasks",
     "CorruptionSchedule": "spae_lab.generate.tasks",

@@ -6,14 +6,14 @@ Library modules are imported inside `cmd_generate`, so `--help` does not load to
 
 from __future__ import annotations
 
-TASK_CHOICES = ("class", "arithmetic", "inpaint", "outpaint", "flip", "shift", "denoise")
+TASK_CHOICES = ("class", "arithmetic", "inpaint", "outpaint", "flip", "shift", "denoise", "edit")
 
 
 def add_generate_parser(subparsers):
     """Add the `generate` command to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser("generate", help="in-context generation: a frozen LLM writes images "
                               "as token pyramids (class, arithmetic, inpaint, outpaint, flip, "
-                              "shift, denoise)")
+                              "shift, denoise; edit: swap the top word, no LLM)")
     p.add_argument("task", choices=TASK_CHOICES)
     p.add_argument("--tokenizer", required=True, help="shipped tokenizer (digits, cifar10, ...) "
                    "or run folder / checkpoint")
@@ -47,6 +47,7 @@ def add_generate_parser(subparsers):
                    "own given words of that layer")
     p.add_argument("--no-repeat-ngram", type=int, default=0,
                    help="never repeat an n-gram within the layer being written (0 = off)")
+    p.add_argument("--word", help="edit: the codebook word that replaces each image's top word")
     p.add_argument("--seed", type=int, default=0, help="context draws, corruptions, sampling")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
@@ -60,6 +61,17 @@ def cmd_generate(args) -> int:
     from spae_lab.generate.run import GenerationConfig, run_generation
     from spae_lab.generate.tasks import CorruptionSchedule
 
+    if args.task == "edit":
+        from spae_lab.generate.edit import run_edit
+        from spae_lab.generate.run import GenerationError
+
+        if not args.word:
+            raise GenerationError("edit needs --word WORD (a codebook word to put on top)")
+        result = run_edit(args.tokenizer, args.word, input=args.input, out=args.out,
+                          images=args.images, seed=args.seed)
+        print(json.dumps(result["summary"], indent=2))
+        print(f"images (NAME_original.png, NAME_edited.png) and results.csv in {args.out}")
+        return 0
     start, end, count = args.schedule
     config = GenerationConfig(
         examples=args.examples, examples_per_class=args.examples_per_class,
