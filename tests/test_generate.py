@@ -97,6 +97,20 @@ def test_regions_of_inpaint_and_outpaint():
     assert outpaint[1] == [False, False, True, True]
 
 
+def test_masked_corruption_paints_the_region_grey_and_takes_only_its_words():
+    images = torch.rand(2, 3, 32, 32)
+    holed = T.paint_region(images, T.task_box("inpaint", 8), 8)
+    assert (holed[..., 8:24, 8:24] == 0.5).all()
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[8:24, 8:24] = False
+    assert torch.equal(holed[..., outside], images[..., outside])
+    mask = T.region_mask(LAYOUT, T.task_box("inpaint", 8))
+    pyramid = [[1] * n for n in LAYOUT.tokens_per_layer()]
+    other = [[2] * n for n in LAYOUT.tokens_per_layer()]
+    merged = T.merge_masked(pyramid, other, mask)
+    assert [row.count(2) for row in merged] == [sum(m) for m in mask] == [0, 0, 4, 16, 16]
+
+
 def test_no_llm_fills():
     mask = T.region_mask(LAYOUT, T.task_box("outpaint", 8))
     pyramid = [list(range(n)) for n in LAYOUT.tokens_per_layer()]
@@ -321,3 +335,27 @@ def test_edit_refuses_a_word_outside_the_codebook_in_one_line(tmp_path, capsys):
     assert main(["generate", "edit", "--tokenizer", "digits", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "not a word of this tokenizer's codebook" in err and "needs --word" in err
+
+
+@pytest.mark.parametrize("corruption", ["masked", "random"])
+def test_inpaint_corruptions_change_only_the_centre_words(model, tiny_llm, tmp_path, corruption):
+    from spae_lab.data import make_dataset
+    from spae_lab.generate.run import GenerationError
+
+    data = make_dataset("digits", model.config.image_size, split="heldout")
+    subset = torch.utils.data.Subset(data, range(8))
+    kwargs = dict(input=subset, backend=HFBackend(str(tiny_llm)), images=3, examples=2, layers=3,
+                  progress=False)
+    result = run_generation("inpaint", model, out=tmp_path / corruption, corruption=corruption, **kwargs)
+    mask = T.region_mask(model.layout, T.task_box("inpaint", model.layout.grid))
+    clean = T.pyramids_of(model.encode(torch.stack([subset[i]["image"] for i in range(3)])).ids)
+    for bad, rows in zip(result["inputs"], clean, strict=True):
+        for b, r, m in zip(bad, rows, mask, strict=False):
+            assert all(x == y for x, y, hidden in zip(b, r, m, strict=True) if not hidden)
+    if corruption == "masked":  # the hole's words: those of the grey-painted image, the same for all
+        holed = model.encode(T.paint_region(torch.stack([subset[i]["image"] for i in range(3)]),
+                                            T.task_box("inpaint", model.layout.grid), model.layout.grid))
+        expect = [T.merge_masked(r, h, mask)[:3] for r, h in zip(clean, T.pyramids_of(holed.ids), strict=True)]
+        assert result["inputs"] == expect
+    with pytest.raises(GenerationError, match="corruption"):
+        run_generation("inpaint", model, out=tmp_path / "bad", corruption="blur", **kwargs)

@@ -40,6 +40,9 @@ def add_generate_parser(subparsers):
     p.add_argument("--schedule", type=float, nargs=3, metavar=("START", "END", "COUNT"),
                    default=(0.50, 0.23, 10),
                    help="denoise: replacement ratio of the first and last context copy, copies")
+    p.add_argument("--corruption", choices=["masked", "random"], default="masked",
+                   help="inpaint/outpaint: the region's words become those of the image with the "
+                   "region painted grey (masked), or random words")
     p.add_argument("--vocabulary", choices=["codebook", "context", "position", "known"],
                    default="position",
                    help="words the LLM may write: any codebook word, the words the examples use "
@@ -76,7 +79,7 @@ def cmd_generate(args) -> int:
     config = GenerationConfig(
         examples=args.examples, examples_per_class=args.examples_per_class,
         episodes=args.episodes, images=args.images, class_context=args.class_context,
-        layers=args.layers, seed=args.seed,
+        layers=args.layers, seed=args.seed, corruption=args.corruption,
         decode=DecodeConfig(tokens_per_call=args.tokens_per_call, temperature=args.temperature,
                             seed=args.seed, vocabulary=args.vocabulary,
                             no_repeat_ngram=args.no_repeat_ngram),

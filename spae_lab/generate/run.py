@@ -56,6 +56,10 @@ class GenerationConfig:
     # which digit), "last" (the same, with the requested digit's examples moved to the end) or
     # "same" (only examples of the requested digit)
     class_context: str = "mixed"
+    # inpaint / outpaint: what the region's tokens become: "masked" (the tokens of the image with
+    # the region painted grey, as an image with a hole reads; V2L's inputs) or "random" (random
+    # codebook words, which decode to the codebook's average colour)
+    corruption: str = "masked"
     images: int = 20  # image tasks: query images (0: every input image)
     layers: int = 0  # pyramid layers the LLM writes (0: all); the rest are not decoded
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -185,8 +189,11 @@ def _image_task(model, cfg: GenerationConfig, data, context_data):
     box = T.task_box(task, layout.grid) if task in ("inpaint", "outpaint") else None
     mask = T.region_mask(layout, box) if box else None
 
-    def corrupt(p):
-        return T.mask_words(p, mask, V, generator)
+    def corrupt(rows_batch, images_batch):
+        if cfg.corruption == "random":
+            return [T.mask_words(p, mask, V, generator) for p in rows_batch]
+        holes = T.pyramids_of(model.encode(T.paint_region(images_batch, box, layout.grid)).ids)
+        return [T.merge_masked(p, h, mask) for p, h in zip(rows_batch, holes, strict=True)]
 
     if task in ("flip", "shift"):
         targets_img = T.transform_images(task, images)
@@ -201,9 +208,11 @@ def _image_task(model, cfg: GenerationConfig, data, context_data):
             ctx_target = T.pyramids_of(model.encode(T.transform_images(task, ctx_images)).ids)
             examples = [T.pair_example(s, t, words) for s, t in zip(ctx_clean, ctx_target, strict=True)]
         else:
-            examples = [T.pair_example(corrupt(p), p, words) for p in ctx_clean]
+            examples = [T.pair_example(bad, p, words)
+                        for bad, p in zip(corrupt(ctx_clean, ctx_images), ctx_clean, strict=True)]
     groups, inputs, fills = [], [], []
-    for rows in clean:
+    corrupted = corrupt(clean, images) if box else clean
+    for rows, bad in zip(clean, corrupted, strict=True):
         if task == "denoise":
             ex, query, copies = T.denoise_context(rows, cfg.schedule, V, generator)
             groups.append((ex, [query]))
@@ -214,7 +223,6 @@ def _image_task(model, cfg: GenerationConfig, data, context_data):
             fills.append(T.transform_tokens(task, rows, layout))
             groups.append((examples, [T.pair_query(rows, words, [[None] * len(r) for r in rows])]))
         else:
-            bad = corrupt(rows)
             inputs.append(bad)
             fills.append(T.nearest_known_fill(bad, mask, layout))
             known = [[None if m else r for r, m in zip(lr, lm, strict=True)]
@@ -278,6 +286,8 @@ def run_generation(task: str, tokenizer, input=None, out="runs/generate", backen
     cfg = replace(config or GenerationConfig(), task=task, **overrides)
     if task not in T.TASKS:
         raise GenerationError(f"unknown task {task!r}; tasks: {', '.join(T.TASKS)}")
+    if cfg.corruption not in ("masked", "random"):
+        raise GenerationError(f"corruption must be masked or random, got {cfg.corruption!r}")
     if cfg.class_context not in ("mixed", "last", "same"):
         raise GenerationError(f"class_context must be mixed, last or same, got {cfg.class_context!r}")
     model = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer

@@ -4,7 +4,9 @@ Tasks (`TASKS`):
 - `class`: class-conditional digits, "An image of 7:" -> the words of a 7;
 - `arithmetic`: SPAE's demo, "An image of 1+7:" -> the words of an 8 (sums up to 9);
 - `inpaint`: the words of the centre cells (the tokens whose region lies inside the central half
-  of the grid) replaced by random words; the LLM rewrites them, every other word is given;
+  of the grid) replaced by those of the image with its centre painted grey (`corruption="masked"`,
+  an image with a hole) or by random words ("random"); the LLM rewrites them, every other word is
+  given;
 - `outpaint`: the same for the bottom half;
 - `flip`, `shift`: the image mirrored left-right, or rolled right by a quarter of its width; the
   LLM writes every word of the target from the input's words;
@@ -104,6 +106,23 @@ def mask_words(pyramid: Pyramid, mask: list[list[bool]], vocab_size: int,
     return [[int(torch.randint(vocab_size, (1,), generator=generator)) if m else r
              for r, m in zip(layer, layer_mask, strict=True)]
             for layer, layer_mask in zip(pyramid, mask, strict=True)]
+
+
+def paint_region(images: torch.Tensor, box: tuple[int, int, int, int], grid: int,
+                 value: float = 0.5) -> torch.Tensor:
+    """(B, 3, S, S) in [0, 1] -> a copy with the cells of `box` (row0, row1, col0, col1 on a
+    `grid`-cell grid) painted `value` (grey): an image with a hole."""
+    S = images.shape[-1]
+    r0, r1, c0, c1 = (v * S // grid for v in box)
+    out = images.clone()
+    out[..., r0:r1, c0:c1] = value
+    return out
+
+
+def merge_masked(pyramid: Pyramid, other: Pyramid, mask: list[list[bool]]) -> Pyramid:
+    """`pyramid` with its masked positions taken from `other` (same layout)."""
+    return [[o if m else r for r, o, m in zip(rows, other_rows, layer_mask, strict=True)]
+            for rows, other_rows, layer_mask in zip(pyramid, other, mask, strict=True)]
 
 
 def nearest_known_fill(pyramid: Pyramid, mask: list[list[bool]], layout) -> Pyramid:
