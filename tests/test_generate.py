@@ -359,3 +359,21 @@ def test_inpaint_corruptions_change_only_the_centre_words(model, tiny_llm, tmp_p
         assert result["inputs"] == expect
     with pytest.raises(GenerationError, match="corruption"):
         run_generation("inpaint", model, out=tmp_path / "bad", corruption="blur", **kwargs)
+
+
+@pytest.mark.parametrize("task", ["class", "arithmetic"])
+def test_last_context_moves_the_examples_showing_the_asked_label_next_to_the_query(model, task):
+    from spae_lab.data import make_dataset
+    from spae_lab.generate.run import GenerationConfig, _class_task
+
+    data = make_dataset("digits", model.config.image_size, split="heldout")
+    cfg = GenerationConfig(task=task, episodes=1, examples_per_class=2, arithmetic_examples=40)
+    groups = _class_task(model, cfg, data)
+    assert len(groups) == 10  # one context per query
+    for examples, queries, _, _ in groups:
+        asked = queries[0].conditions[0]
+        shown = [e.conditions[0] for e in examples]
+        mine = shown.count(asked)
+        assert len(shown) == (20 if task == "class" else 40)
+        # the examples showing the asked label (not merely its value: 2+6 is not 1+7) come last
+        assert shown[len(shown) - mine:] == [asked] * mine and asked not in shown[:len(shown) - mine]

@@ -31,9 +31,10 @@ def add_generate_parser(subparsers):
                    help="class: context examples of each digit")
     p.add_argument("--episodes", type=int, default=5,
                    help="class / arithmetic: context draws, one image per digit each")
-    p.add_argument("--class-context", choices=["mixed", "last", "same"], default="mixed",
-                   help="class / arithmetic: examples of every digit (mixed), the requested "
-                   "digit's last (last), or only the requested digit's (same)")
+    p.add_argument("--class-context", choices=["mixed", "last", "same"], default="last",
+                   help="class / arithmetic: examples of every label, those showing the requested "
+                   "label moved next to the query (last, the default), not moved (mixed), or only "
+                   "those (same)")
     p.add_argument("--layers", type=int, default=0, help="layers the LLM writes (0 = all)")
     p.add_argument("--tokens-per-call", type=int, default=2, help="words per LLM call (V2L: 2)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sampled")

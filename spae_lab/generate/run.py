@@ -52,10 +52,11 @@ class GenerationConfig:
     examples_per_class: int = 2  # class: examples of each digit in the context
     arithmetic_examples: int = 30  # arithmetic: "a+b" examples in the context
     episodes: int = 5  # class / arithmetic: context draws, each writing one image per digit
-    # class / arithmetic context: "mixed" (every digit's examples, shuffled; the label alone says
-    # which digit), "last" (the same, with the requested digit's examples moved to the end) or
-    # "same" (only examples of the requested digit)
-    class_context: str = "mixed"
+    # class / arithmetic context: "last" (every digit's examples, shuffled, with those whose label
+    # is the one asked for moved next to the query), "mixed" (no move: the label alone says which
+    # digit) or "same" (only examples of the requested digit). "last" was chosen on the training
+    # split: 45% of 20 digits recognised against 10-20% for "mixed"; "same" mostly copies.
+    class_context: str = "last"
     # inpaint / outpaint: what the region's tokens become: "masked" (the tokens of the image with
     # the region painted grey, as an image with a hole reads; V2L's inputs) or "random" (random
     # codebook words, which decode to the codebook's average colour)
@@ -236,8 +237,8 @@ def _image_task(model, cfg: GenerationConfig, data, context_data):
 def _class_task(model, cfg: GenerationConfig, data):
     """Groups of class-conditional (or arithmetic) digits, each (examples, queries, requested
     digits, example rows): one group per episode with a "mixed" context, one per query with
-    "same" (only the requested digit's examples) or "last" (the requested digit's examples
-    moved to the end)."""
+    "same" (only the examples showing the requested label) or "last" (those examples moved to
+    the end)."""
     labels = [int(x) for x in getattr(data, "labels", [data[i]["label"] for i in range(len(data))])]
     by_class = {c: [i for i, y in enumerate(labels) if y == c] for c in range(10)}
     rng = random.Random(cfg.seed)
@@ -256,15 +257,17 @@ def _class_task(model, cfg: GenerationConfig, data):
         rng.shuffle(picks)
         rows = T.pyramids_of(model.encode(_images(data, [i for _, _, i in picks])).ids)
         examples = [T.class_example(text, r) for (text, _, _), r in zip(picks, rows, strict=True)]
-        values = [value for _, value, _ in picks]
+        labels_shown = [text for text, _, _ in picks]
         if cfg.class_context == "mixed":
             groups.append((examples, [T.class_query(t, sizes) for t, _ in asked],
                            [c for _, c in asked], rows))
             continue
-        for text, c in asked:
-            mine = [k for k, v in enumerate(values) if v == c]
+        for text, c in asked:  # by the label shown ("1+7"), never by its value: no sum is done here
+            mine = [k for k, shown in enumerate(labels_shown) if shown == text]
             order = mine if cfg.class_context == "same" else \
-                [k for k, v in enumerate(values) if v != c] + mine
+                [k for k, shown in enumerate(labels_shown) if shown != text] + mine
+            if not order:
+                raise GenerationError(f"no in-context example shows {text!r}; use class_context 'last' or 'mixed'")
             groups.append(([examples[k] for k in order], [T.class_query(text, sizes)], [c],
                            [rows[k] for k in order]))
     return groups
