@@ -109,6 +109,14 @@ def train_digit_classifier(config: ClassifierConfig = ClassifierConfig(), tokeni
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=steps)
     bar = tqdm(total=steps, desc="digit classifier", disable=not progress)
     net.train()
+    # Callers may hold torch.no_grad() (the generation tasks do); training needs gradients.
+    with torch.enable_grad():
+        _fit(net, grey, labels, config, generator, optimizer, schedule, bar)
+    bar.close()
+    return DigitClassifier(net, config)
+
+
+def _fit(net, grey, labels, config, generator, optimizer, schedule, bar) -> None:
     for _ in range(config.epochs):
         order = torch.randperm(len(grey), generator=generator)
         for start in range(0, len(grey), config.batch_size):
@@ -124,8 +132,6 @@ def train_digit_classifier(config: ClassifierConfig = ClassifierConfig(), tokeni
             optimizer.step()
             schedule.step()
             bar.update(1)
-    bar.close()
-    return DigitClassifier(net, config)
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:

@@ -377,3 +377,17 @@ def test_last_context_moves_the_examples_showing_the_asked_label_next_to_the_que
         assert len(shown) == (20 if task == "class" else 40)
         # the examples showing the asked label (not merely its value: 2+6 is not 1+7) come last
         assert shown[len(shown) - mine:] == [asked] * mine and asked not in shown[:len(shown) - mine]
+
+
+def test_digit_classifier_trains_inside_no_grad():
+    """The generation tasks judge under torch.no_grad(); a first use with an empty cache trains
+    the classifier there, which needs gradients all the same."""
+    from spae_lab.digit_classifier import ClassifierConfig, DigitCNN, train_digit_classifier
+
+    config = ClassifierConfig(epochs=1, with_reconstructions=False)
+    torch.manual_seed(config.seed)
+    initial = DigitCNN().state_dict()  # the training run's initialisation (same seed)
+    with torch.no_grad():
+        trained = train_digit_classifier(config).net.state_dict()
+    assert all(trained[k].shape == v.shape for k, v in initial.items())
+    assert any(not torch.equal(trained[k], v) for k, v in initial.items() if v.is_floating_point())
