@@ -111,27 +111,23 @@ def train_digit_classifier(config: ClassifierConfig = ClassifierConfig(), tokeni
     net.train()
     # Callers may hold torch.no_grad() (the generation tasks do); training needs gradients.
     with torch.enable_grad():
-        _fit(net, grey, labels, config, generator, optimizer, schedule, bar)
+        for _ in range(config.epochs):
+            order = torch.randperm(len(grey), generator=generator)
+            for start in range(0, len(grey), config.batch_size):
+                index = order[start:start + config.batch_size]
+                x = grey[index]
+                if config.max_shift:
+                    dx, dy = torch.randint(-config.max_shift, config.max_shift + 1, (2,),
+                                           generator=generator).tolist()
+                    x = x.roll((dy, dx), dims=(-2, -1))
+                loss = F.cross_entropy(net(x), labels[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update(1)
     bar.close()
     return DigitClassifier(net, config)
-
-
-def _fit(net, grey, labels, config, generator, optimizer, schedule, bar) -> None:
-    for _ in range(config.epochs):
-        order = torch.randperm(len(grey), generator=generator)
-        for start in range(0, len(grey), config.batch_size):
-            index = order[start:start + config.batch_size]
-            x = grey[index]
-            if config.max_shift:
-                dx, dy = torch.randint(-config.max_shift, config.max_shift + 1, (2,),
-                                       generator=generator).tolist()
-                x = x.roll((dy, dx), dims=(-2, -1))
-            loss = F.cross_entropy(net(x), labels[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update(1)
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
