@@ -36,6 +36,10 @@ _EXPORTS = {
     "load_tokenizer": "spae_lab.checkpoint",
     "SpaeError": "spae_lab.errors",
     "train": "spae_lab.train",
+    # clips (issue 25): spae_lab.video
+    "MovingScenes": "spae_lab.video.data",
+    "MovingDigits": "spae_lab.video.data",
+    "load_clip": "spae_lab.video.readers",
 }
 
 
@@ -90,4 +94,7 @@ __all__ = [
     "load_tokenizer",
     "make_dataset",
     "train",
+    "MovingScenes",
+    "MovingDigits",
+    "load_clip",
 ]
