@@ -17,6 +17,8 @@ import yaml
 from spae_lab.config import CodebookConfig, ConfigError, create_config, list_presets
 from spae_lab.errors import SpaeError
 from spae_lab.generate.cli import add_generate_parser
+from spae_lab.video.cli import decode_clips, encode_clips
+from spae_lab.video.config import create_clip_config, list_clip_presets
 
 # Library modules are imported inside the commands that use them: `--help`, `presets` and
 # `report --list` then answer without loading torch.
@@ -74,11 +76,13 @@ def config_from_args(args) -> object:
                       ("quantizer", "model.quantizer")):
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
+    if args.preset in list_clip_presets():  # clips: spae_lab.video
+        return create_clip_config(args.preset, overrides)
     return create_config(args.preset, overrides)
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="small", choices=list_presets())
+    p.add_argument("--preset", default="small", choices=list_presets() + list_clip_presets())
     p.add_argument("--config", help="YAML file of config keys (dotted or nested)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=5e-4")
     p.add_argument("--steps", type=int)
@@ -97,6 +101,8 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{cfg.preset}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a run folder")
+    if hasattr(cfg, "clip"):  # a clip preset
+        from spae_lab.video.train import train_clips as train
     result = train(cfg, out, resume=args.resume, force=args.force, progress=not args.quiet)
     if result.rank == 0:  # under torchrun, rank 0 speaks for the job
         print(result.describe())
@@ -126,6 +132,8 @@ def cmd_encode(args) -> int:
     model = load_tokenizer(args.checkpoint)
     if args.layers is not None and not 1 <= args.layers <= model.num_layers:
         raise ConfigError(f"--layers must be in 1..{model.num_layers} for this tokenizer, got {args.layers}")
+    if hasattr(model, "clip_config"):  # a clip tokenizer: GIF, MP4 or folders of frames (spae_lab.video)
+        return encode_clips(model, args)
     names, images = _load_images(model, args)
     pyramid = model.encode(images)
     for i, name in enumerate(names):
@@ -143,6 +151,8 @@ def cmd_decode(args) -> int:
     from spae_lab.viz import save_image
 
     model = load_tokenizer(args.checkpoint)
+    if hasattr(model, "clip_config"):  # a clip tokenizer: .gif, .mp4 or a .png strip of frames
+        return decode_clips(model, args)
     pyramid = TokenPyramid.from_text(args.text, model.layout, model.codebook)
     path = save_image(model.decode(pyramid)[0], args.out)
     print(f"decoded {pyramid.num_layers} layers to {path}")
@@ -336,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encode", help="print images as their pyramid of words")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("images", nargs="*", help="image files (default: held-out synthetic scenes)")
+    p.add_argument("images", nargs="*", help="image files; clips: GIF, MP4, frame folders (default: held-out scenes)")
     p.add_argument("--count", type=int, default=1, help="held-out scenes to encode without images")
     p.add_argument("--layers", type=int, help="print the first N layers only")
     p.add_argument("--text", action="store_true", help="one line of words, as an LLM reads it")
@@ -345,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode a pyramid of words back to an image")
     p.add_argument("checkpoint")
     p.add_argument("text", help="words of the first layers, as printed by encode --text")
-    p.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...; an existing file is replaced)")
+    p.add_argument("--out", required=True, help="image file to write (.png, .jpg, ...; clips: .gif, .mp4, .png)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("codebook", help="build a codebook and report vocabulary sizes")

@@ -39,16 +39,17 @@ _FORMAT = "spae_lab.lit_clip_teacher.v1"
 
 class ClipTower(nn.Module):
     """(B, 3, T, S, S) in [0, 1] -> (B, embed_dim) unit vectors (other frame counts and sizes are
-    resampled to the tower's own first). Two stride-2 stages per frame
-    (S/4), two 3x3x3 convolutions over (time, rows, columns), a stride-2 spatial one, the mean over
-    time and space, a linear head."""
+    resampled to the tower's own first). Two stride-2 stages per frame (S/4), reading the frame and
+    its difference to the next one (a motion signal, as in two-stream video networks); two 3x3x3
+    convolutions over (time, rows, columns), a stride-2 spatial one, the mean over time and space,
+    a linear head."""
 
     def __init__(self, embed_dim: int = 384, width: int = 32, image_size: int = 32, frames: int = 8):
         super().__init__()
         self.image_size, self.frames = image_size, frames
         w = width
-        self.frame_net = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1, stride=2), nn.GroupNorm(8, w), nn.SiLU(),
+        self.frame_net = nn.Sequential(  # each frame and its difference to the next one (motion)
+            nn.Conv2d(6, w, 3, padding=1, stride=2), nn.GroupNorm(8, w), nn.SiLU(),
             nn.Conv2d(w, 2 * w, 3, padding=1, stride=2), nn.GroupNorm(8, 2 * w), nn.SiLU())
         self.time_net = nn.Sequential(
             nn.Conv3d(2 * w, 2 * w, 3, padding=1), nn.GroupNorm(8, 2 * w), nn.SiLU(),
@@ -67,7 +68,9 @@ class ClipTower(nn.Module):
             clips = F.interpolate(clips, size=(self.frames, self.image_size, self.image_size), mode="trilinear",
                                   align_corners=False)
         B, _, T, S, _ = clips.shape
-        frames = self.frame_net(clips.transpose(1, 2).reshape(B * T, 3, S, S) * 2 - 1)  # (B*T, C, S/4, S/4)
+        motion = torch.cat([clips[:, :, 1:] - clips[:, :, :-1], clips.new_zeros(B, 3, 1, S, S)], dim=2)
+        x = torch.cat([clips * 2 - 1, 4 * motion], dim=1)  # (B, 6, T, S, S)
+        frames = self.frame_net(x.transpose(1, 2).reshape(B * T, 6, S, S))  # (B*T, C, S/4, S/4)
         x = frames.view(B, T, *frames.shape[1:]).transpose(1, 2)  # (B, C, T, S/4, S/4)
         return F.normalize(self.head(self.time_net(x).mean(dim=(2, 3, 4))), dim=-1)
 
@@ -118,7 +121,7 @@ class ClipTeacherConfig:
     image_size: int = 32  # px per frame
     frames: int = 8  # frames per clip
     width: int = 32  # channels of the first stage (x1, x2, x4)
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 64  # clips a step
     lr: float = 2e-3
     weight_decay: float = 0.05
