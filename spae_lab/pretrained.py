@@ -24,6 +24,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cifar10": "natural images: CIFAR-10, 32 px",
     "cifar10-lqae": "LQAE-style baseline on CIFAR-10: one layer of 64 words, no semantic loss",
     "digits": "MNIST digits, 32 px, for in-context generation",
+    "moving-scenes": "clips of moving synthetic scenes, 8 frames of 32 px (spae_lab.video)",
 }
 
 

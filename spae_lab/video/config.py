@@ -20,9 +20,9 @@ CLIP_DATASETS = ("moving-scenes", "moving-digits")
 @dataclass
 class ClipConfig:
     frames: int = 8  # frames per clip
-    time_downsample: int = 2  # latent frames = frames / time_downsample (1, 2, 4 or 8)
+    time_downsample: int = 1  # latent frames = frames / time_downsample (1, 2, 4 or 8)
     # tokens over time of each pyramid layer (one per entry of model.layer_sizes): 1 = the whole clip
-    layer_frames: tuple[int, ...] = (1, 1, 2, 4, 4)
+    layer_frames: tuple[int, ...] = (1, 1, 2, 4, 8, 8, 8)
     temporal_blocks: int = 1  # residual temporal convolutions (kernel 3 over time) per side
     # per guided layer, how the teacher reads a codebook word: layer 1 as a thing ("{}"), layer 2
     # as a motion ("moving {}"); one entry per entry of semantic.top_k
@@ -49,13 +49,17 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # seconds on a CPU: tests
     "video-tiny": {**_BASE, "codebook.max_size": 1024, "model.image_size": 16, "model.base_channels": 16,
                    "model.channel_mults": (1, 2), "model.latent_channels": 32,
-                   "model.layer_sizes": (1, 1, 2, 4, 8), "clip.frames": 4, "clip.layer_frames": (1, 1, 1, 2, 2),
+                   "model.layer_sizes": (1, 1, 2, 4, 8), "clip.frames": 4, "clip.time_downsample": 2,
+                   "clip.layer_frames": (1, 1, 1, 2, 2),
                    "data.num_images": 256, "data.heldout_images": 16, "train.steps": 20,
                    "train.batch_size": 4, "train.warmup_steps": 5, "train.log_every": 5,
                    "train.eval_every": 10, "train.figure_every": 10, "train.checkpoint_every": 10},
     # CPU: 32 px, 8 frames, a 4 x 8 x 8 latent grid
-    "video-small": {**_BASE, "model.layer_sizes": (1, 1, 2, 4, 8), "data.num_images": 20000,
-                    "train.steps": 2000, "train.batch_size": 8},
+    # CPU: 32 px, 8 frames, an 8 x 8 x 8 latent grid; layers 1-2 one word each for the clip (what it
+    # shows, how it moves), 3-4 over halves and quarters of it, then 2x2, 4x4, 8x8 words a frame:
+    # 1, 2, 4, 8, 40, 168, 680 words, the image pyramid's count (85 a frame) at full depth
+    "video-small": {**_BASE, "model.layer_sizes": (1, 1, 1, 1, 2, 4, 8), "data.num_images": 20000,
+                    "train.steps": 1500, "train.batch_size": 8},
 }
 
 

@@ -70,3 +70,36 @@ def evaluate_clips(model, dataset, batch_size: int = 32) -> dict:
             "distinct_words": [u["distinct"] for u in usage],
             "perplexity": [round(u["perplexity"], 1) for u in usage],
             "clips": count}
+
+
+@torch.no_grad()
+def frame_by_frame(image_model, dataset, batch_size: int = 16) -> dict:
+    """The reference a clip tokenizer is judged against: an image tokenizer on every frame. Per
+    depth d of the image pyramid: the words a clip costs (frames x the image's words of d layers),
+    the clip PSNR of the frames decoded from d layers, and whether the words of layer 1 of every
+    frame (or of layers 1..d) hold the clip's direction and content words."""
+    import torch.nn.functional as F
+
+    L, size = image_model.num_layers, image_model.config.image_size
+    psnr_sum = torch.zeros(L)
+    hits = {k: torch.zeros(L) for k in ("direction_hit", "content_hit")}
+    count, frames = 0, None
+    for items, clips in clip_batches(dataset, batch_size):
+        B, _, frames, H, W = clips.shape
+        flat = clips.transpose(1, 2).reshape(B * frames, 3, H, W)
+        if (H, W) != (size, size):
+            flat = F.interpolate(flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        pyramid = image_model.encode(flat.clamp(0, 1))
+        for depth in range(1, L + 1):
+            decoded = image_model.decode(pyramid, depth)
+            if (H, W) != (size, size):
+                decoded = F.interpolate(decoded, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
+            psnr_sum[depth - 1] += psnr(decoded.view(B, frames, 3, H, W).transpose(1, 2), clips).sum()
+            for b, item in enumerate(items):
+                words = [w for t in range(frames) for w in pyramid.to_text(depth, image=b * frames + t).split()]
+                for key in hits:
+                    hits[key][depth - 1] += word_hits(words, item)[key]
+        count += len(items)
+    cumulative = image_model.layout.cumulative_tokens()
+    return {"words_per_clip": [frames * c for c in cumulative], "psnr": [round(float(v), 3) for v in psnr_sum / count],
+            **{k: [round(float(v), 4) for v in h / count] for k, h in hits.items()}, "clips": count}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
+from torch.utils.data import Subset
 
 from spae_lab.data import COLORS, DIGIT_NAMES, SHAPES
 from spae_lab.io import atomic_write_json, atomic_write_path, read_safetensors
@@ -131,6 +132,7 @@ class ClipTeacherConfig:
     digits: int = 10000  # moving digits in the training mix (0: none)
     digits_weight: float = 0.35  # share of a batch drawn from the digits
     eval_clips: int = 512  # held-out clips per source for the zero-shot figures
+    checkpoint_every: int = 250  # steps between checkpoints (with zero-shot figures on 128 held-out clips)
     num_threads: int | None = None
 
 
@@ -219,8 +221,15 @@ def train_clip_teacher(cfg: ClipTeacherConfig, out_dir: str | Path, progress: bo
             history.append({"step": step + 1, "loss": round(loss.item(), 4),
                             "minutes": round((time.monotonic() - start) / 60, 2)})
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            if not progress:
-                print(json.dumps(history[-1]), flush=True)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:  # a teacher to look at meanwhile
+            tower.eval()
+            quick = {name: zero_shot(ClipTeacher(tower, text_encoder), Subset(data, range(min(128, len(data)))))
+                     for name, data in heldout.items()}
+            ClipTeacher(tower, text_encoder).save(out_dir / "teacher.safetensors", {"step": step + 1})
+            history[-1]["zero_shot_128"] = quick
+            tower.train()
+        if not progress and (step + 1) % 50 == 0:
+            print(json.dumps(history[-1]), flush=True)
     tower.eval()
     teacher = ClipTeacher(tower, text_encoder)
     accuracy = {name: zero_shot(teacher, data) for name, data in heldout.items()}

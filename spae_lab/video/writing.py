@@ -91,7 +91,7 @@ def run_continuation(model, train, heldout, backend, out: str | Path, config: Co
     llm = inner if isinstance(inner, CachedBackend) else CachedBackend(inner, out / "llm_cache.sqlite")
     words, layout = model.codebook.words, model.layout
     layers = cfg.layers or model.num_layers
-    mask = later_mask(layout, cfg.known_frames // model.clip_config.time_downsample)
+    mask = later_mask(layout, cfg.known_frames // model.clip_config.time_downsample)[:layers]
     example_ids = random.Random(cfg.seed).sample(range(len(train)), cfg.examples)
     ex_clips = torch.stack([train[i]["video"] for i in example_ids])
     examples = [T.pair_example(src[:layers], tgt[:layers], words) for src, tgt in
@@ -111,7 +111,7 @@ def run_continuation(model, train, heldout, backend, out: str | Path, config: Co
         bar.close()
         if llm is not inner:
             llm.cache.close()
-    fills = [last_slot_fill(p, mask[:layers], layout) for p in inputs]
+    fills = [last_slot_fill(p, mask, layout) for p in inputs]
     decoded = {"LLM": decode_rows(model, written, layers), "no-LLM fill": decode_rows(model, fills, layers),
                "frozen clip's words": decode_rows(model, inputs, layers),
                "copy the last frame (pixels)": frozen,
