@@ -131,6 +131,12 @@ class ClipTeacherConfig:
     scenes: int = 20000  # moving scenes in the training mix
     digits: int = 10000  # moving digits in the training mix (0: none)
     digits_weight: float = 0.35  # share of a batch drawn from the digits
+    # codebook words (read through each negative template) added to every step's texts as negatives:
+    # the teacher ranks the whole codebook when it guides, so it learns that "down" and not
+    # "descend" or "drop" is the word for a clip moving down (without them, over the codebook, the
+    # direction word came first for 20% of validation clips under "moving {}")
+    codebook_negatives: int = 256
+    negative_templates: tuple[str, ...] = ("{}", "moving {}")
     eval_clips: int = 512  # held-out clips per source for the zero-shot figures
     checkpoint_every: int = 250  # steps between checkpoints (with zero-shot figures on 128 held-out clips)
     num_threads: int | None = None
@@ -201,6 +207,14 @@ def train_clip_teacher(cfg: ClipTeacherConfig, out_dir: str | Path, progress: bo
         weights.append(cfg.digits_weight)
         heldout["moving-digits"] = MovingDigits(cfg.eval_clips, "heldout", cfg.seed, size, frames)
     text_encoder = MiniLMTextEncoder()
+    negatives: list[str] = []
+    if cfg.codebook_negatives:
+        from spae_lab.codebook import load_codebook
+        from spae_lab.config import CodebookConfig
+
+        words = load_codebook(CodebookConfig()).words  # the default codebook: what the teacher ranks
+        negatives = [t.format(w) for t in cfg.negative_templates for w in words]
+        text_encoder(negatives)  # embedded once (memoised)
     tower = ClipTower(text_encoder.dim, cfg.width, size, frames)
     optimizer = torch.optim.AdamW(tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = time.monotonic(), []
@@ -212,6 +226,10 @@ def train_clip_teacher(cfg: ClipTeacherConfig, out_dir: str | Path, progress: bo
         clips, texts = _batch(sources, weights, step, cfg)
         distinct = list(dict.fromkeys(texts))  # shared texts are not negatives of each other
         targets = torch.tensor([distinct.index(t) for t in texts])
+        if negatives:  # codebook words as further negatives (those that are a text of the batch excepted)
+            drawn = torch.randperm(len(negatives), generator=torch.Generator().manual_seed(cfg.seed + step))
+            known = set(distinct)
+            distinct += [negatives[i] for i in drawn[: cfg.codebook_negatives].tolist() if negatives[i] not in known]
         logits = tower.logit_scale.exp().clamp(max=100) * tower(clips) @ text_encoder(distinct).t()
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
