@@ -181,7 +181,7 @@ def test_fuzz_check_base_url(url):
      "concurrency must be >= 1"),
 ])
 def test_the_cli_says_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
-    from spae_lab.cli import main
+    from spae_lab.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-sent")

@@ -1,7 +1,7 @@
 """Bad input ends in one readable message or a documented conversion, and never damages what an
 earlier run wrote (issue 7, part 2).
 
-The table runs the real command line in-process (`spae_lab.cli.main`, as the console script does):
+The table runs the real command line in-process (`spae_lab.cli.main.main`, as the console script does):
 a failure must exit with status 2 and print exactly one `spae-lab <command>: error: ...` line
 (argparse's usage line aside), and leave every file under the test folder as it was, the trained
 run folder and an earlier `decode` output included. Two cases run the console script as a process
@@ -35,7 +35,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from spae_lab.checkpoint import load_tokenizer, read_checkpoint, save_checkpoint
-from spae_lab.cli import _parse_sets, main, read_yaml_mapping
+from spae_lab.cli.main import _parse_sets, main, read_yaml_mapping
 from spae_lab.codebook import load_codebook
 from spae_lab.config import (
     CodebookConfig,
@@ -48,7 +48,7 @@ from spae_lab.data import DataError, ImageFolderDataset, _safe_member_name, load
 from spae_lab.model import SPAE, ShapeError
 from spae_lab.pyramid import PyramidError
 from spae_lab.teacher import BUILTIN_TEACHER, TeacherError, load_teacher
-from spae_lab.train import train
+from spae_lab.training.loop import train
 
 SCRIPT = Path(sys.executable).with_name("spae-lab")
 S = 16  # the tiny preset's image size

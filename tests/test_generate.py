@@ -328,7 +328,7 @@ def test_edit_by_words_steers_the_coarse_decode_of_the_shipped_digits(tmp_path):
 
 
 def test_edit_refuses_a_word_outside_the_codebook_in_one_line(tmp_path, capsys):
-    from spae_lab.cli import main
+    from spae_lab.cli.main import main
 
     assert main(["generate", "edit", "--tokenizer", "digits", "--word", "zzqq",
                  "--out", str(tmp_path / "e")]) == 2
@@ -382,7 +382,7 @@ def test_last_context_moves_the_examples_showing_the_asked_label_next_to_the_que
 def test_digit_classifier_trains_inside_no_grad():
     """The generation tasks judge under torch.no_grad(); a first use with an empty cache trains
     the classifier there, which needs gradients all the same."""
-    from spae_lab.digit_classifier import ClassifierConfig, DigitCNN, train_digit_classifier
+    from spae_lab.generate.digit_classifier import ClassifierConfig, DigitCNN, train_digit_classifier
 
     config = ClassifierConfig(epochs=1, with_reconstructions=False)
     torch.manual_seed(config.seed)

@@ -1,6 +1,6 @@
 """`spae-lab generate TASK --tokenizer NAME_OR_RUN [--input FOLDER_OR_TAR] --out OUT`.
 
-Wired into `spae_lab.cli` with `add_generate_parser(sub)`; the command calls `run_generation`.
+Wired into `spae_lab.cli.main` with `add_generate_parser(sub)`; the command calls `run_generation`.
 Library modules are imported inside `cmd_generate`, so `--help` does not load torch.
 """
 

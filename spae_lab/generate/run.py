@@ -410,7 +410,7 @@ def _run_images(model, cfg, data, context_data, writer, layers, sizes, out, prog
 
 
 def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifier):
-    from spae_lab.digit_classifier import load_digit_classifier
+    from spae_lab.generate.digit_classifier import load_digit_classifier
 
     episodes = _class_task(model, cfg, data)
     words = writer.words
@@ -453,7 +453,7 @@ def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifi
                         "max_overlap_with_context": round(overlap[k], 4),
                         "first_word": words[written[k][0][0]]})
     frame = pd.DataFrame(records)
-    from spae_lab.digit_classifier import reconstruct_all
+    from spae_lab.generate.digit_classifier import reconstruct_all
 
     summary = {"task": cfg.task, "images": len(frame),
                "accuracy": float(frame["correct"].mean()), "chance": 0.1,

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 from spae_lab.assets import cache_dir
 from spae_lab.errors import SpaeError
 from spae_lab.io import atomic_write_path, read_safetensors
-from spae_lab.teacher import Teacher
+from spae_lab.teacher.model import Teacher
 
 _FORMAT = "spae_lab.teacher_top_words.v1"
 # Images per teacher forward while filling a table: the live path's batch size (32) keeps the

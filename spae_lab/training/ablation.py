@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from spae_lab.config import create_config
-from spae_lab.runs import read_metrics
 from spae_lab.tables import to_markdown
-from spae_lab.train import train
+from spae_lab.training.loop import train
+from spae_lab.training.runs import read_metrics
 
 VARIANTS: dict[str, dict] = {
     "SAQ + semantic": {"model.quantizer": "saq", "semantic.enabled": True},
@@ -82,7 +82,7 @@ def save_ablation_figure(table: pd.DataFrame, path: Path) -> Path:
     """PSNR per depth and relevance per layer of every variant (`viz.ablation_figure`)."""
     import matplotlib.pyplot as plt
 
-    from spae_lab.viz import ablation_figure
+    from spae_lab.views.figures import ablation_figure
 
     column = "relevance, random word"
     random_relevance = float(table[column].mean()) if column in table else None

@@ -92,7 +92,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> int:
     cfg = config_from_args(args)  # a bad config fails before torch is imported
-    from spae_lab.train import train
+    from spae_lab.training.loop import train
 
     out = Path(args.out or f"runs/{cfg.preset}")
     if out.exists() and not out.is_dir():
@@ -140,7 +140,7 @@ def cmd_encode(args) -> int:
 def cmd_decode(args) -> int:
     from spae_lab.checkpoint import load_tokenizer
     from spae_lab.pyramid import TokenPyramid
-    from spae_lab.viz import save_image
+    from spae_lab.views.figures import save_image
 
     model = load_tokenizer(args.checkpoint)
     pyramid = TokenPyramid.from_text(args.text, model.layout, model.codebook)
@@ -197,8 +197,8 @@ def cmd_pretrained(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from spae_lab.demo import run_demo
-    from spae_lab.report import summarize_runs
+    from spae_lab.cli.main.demo import run_demo
+    from spae_lab.views.report import summarize_runs
 
     runs = run_demo(args.out, train_first=args.train, steps=args.steps, minutes=args.minutes,
                     fresh=args.fresh, episodes=args.episodes, fewshot=not args.no_fewshot,
@@ -211,7 +211,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from spae_lab.report import (
+    from spae_lab.views.report import (
         find_notebooks,
         load_parameters_file,
         notebook_parameters,
@@ -239,7 +239,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_train_teacher(args) -> int:
-    from spae_lab.teacher_train import TeacherConfig, train_teacher
+    from spae_lab.teacher.train import TeacherConfig, train_teacher
 
     cfg = TeacherConfig(steps=args.steps, batch_size=args.batch_size, folders=tuple(args.folder or ()),
                         scenes=args.scenes, seed=args.seed, max_per_class=args.max_per_class)
@@ -252,8 +252,8 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from spae_lab.ablation import run_ablation
     from spae_lab.tables import to_markdown
+    from spae_lab.training.ablation import run_ablation
 
     overrides = config_from_args(args).to_dict()
     overrides.pop("preset")
@@ -276,8 +276,8 @@ def cmd_fewshot(args) -> int:
                                ("concurrency", args.llm_concurrency, 1)):
         if not value >= least:  # NaN fails too; checked for every backend, used by openai ones
             raise ConfigError(f"--llm-{flag}: {flag} must be >= {least:g}, got {value}")
-    from spae_lab.episodes import FewShotConfig, select_settings
-    from spae_lab.fewshot import run_experiment
+    from spae_lab.reading.episodes import FewShotConfig, select_settings
+    from spae_lab.reading.fewshot import run_experiment
 
     config = FewShotConfig(ways=tuple(args.ways), settings=select_settings(args.settings), names=tuple(args.names),
                            decodings=tuple(args.decoding), prompt_format=args.format,
@@ -304,7 +304,7 @@ def cmd_scene_qa(args) -> int:
 
     parse_backend_spec(args.backend)  # a bad spec fails here, before any folder or model is made
     from spae_lab.checkpoint import load_tokenizer
-    from spae_lab.scene_qa import run_scene_qa
+    from spae_lab.reading.scene_qa import run_scene_qa
     from spae_lab.tables import to_markdown
 
     result = run_scene_qa(load_tokenizer(args.tokenizer), args.backend, args.out, layers=args.layers,
@@ -485,6 +485,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spae-lab {args.command}: error: {message}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
