@@ -112,10 +112,8 @@ def _load_images(model, args):
     size = model.config.image_size
     if args.images:
         return [str(p) for p in args.images], torch.stack([load_image(p, size) for p in args.images])
-    scenes = SyntheticScenes(num_images=args.count, image_size=size, split="heldout")
-    items = [scenes[i] for i in range(args.count)]
-    return [f"held-out scene {i}: {it['caption']}" for i, it in enumerate(items)], torch.stack(
-        [it["image"] for it in items])
+    images, captions = SyntheticScenes(num_images=args.count, image_size=size, split="heldout").images_and_captions()
+    return [f"held-out scene {i}: {caption}" for i, caption in enumerate(captions)], images
 
 
 def cmd_encode(args) -> int:
