@@ -118,8 +118,7 @@ class SPAE(nn.Module):
         super().__init__()
         self.config = config
         self.codebook = codebook
-        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes),
-                                    cover=config.coarse_tokens == "cover")
+        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes))
         table = codebook.embeddings.float()
         if config.standardize_codebook:
             table, _, _ = standardize(table)
@@ -139,8 +138,8 @@ class SPAE(nn.Module):
         else:
             self.to_codebook = self.from_codebook = nn.Identity()
         # The semantic layers pick their words from their own 1x1 projection of the encoder
-        # features: pulling the shared latents towards the teacher's words cost ~7 dB of PSNR
-        # at every depth in trials, a separate head leaves the latents to reconstruction.
+        # features: pulling the shared latents towards the teacher's words cost reconstruction at
+        # every depth in trials (docs/recipe.md); a separate head leaves the latents to it.
         self.semantic_head = None
         # model.top_word "teacher": the guide (a `semantic.SemanticGuide`, not a submodule: its
         # weights are the teacher's, not this checkpoint's) that picks layer 1's word at encoding;

@@ -26,7 +26,7 @@ from spae_lab.llm.cache import CachedBackend
 from spae_lab.llm.hf import HFBackend
 from spae_lab.pyramid import PyramidLayout
 
-LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8))
 
 
 @pytest.fixture(scope="module")
