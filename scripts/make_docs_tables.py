@@ -422,6 +422,20 @@ def search() -> str:
                "python benchmarks/bench_search.py --json benchmarks/results/search_cpu.json")])
 
 
+@table("codec")
+def codec() -> str:
+    rows = []
+    for name in ("codec_cpu.json", "codec_cpu_1thread.json"):
+        d = load(name)
+        for r in d["codec"]:
+            rows.append([d["threads"], f"{d['load_average'][0]:.2f}", r["batch_size"],
+                         f"{r['encode_images_per_second']:.1f}", f"{r['decode_images_per_second']:.1f}", f"`{name}`"])
+    return "\n\n".join([
+        markdown(["torch threads", "load at start", "batch", "encode images/s", "decode images/s", "file"], rows),
+        source("`benchmarks/results/codec_cpu*.json` (the `small` preset, 149 tokens an image)",
+               "OMP_NUM_THREADS=1 python benchmarks/bench_codec.py --json FILE")])
+
+
 TRAIN_STEP_FILES = {
     "train_step_cpu_before.json": "before, quiet", "train_step_cpu_before_repeat.json": "before, quiet (repeat)",
     "train_step_cpu_before_1thread.json": "before, quiet",
