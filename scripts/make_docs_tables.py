@@ -295,19 +295,23 @@ def prefix_cache() -> str:
 # --- writing (generation) ---------------------------------------------------------------------------
 
 
+def short_generate(command: str, tokenizer: str = "") -> str:
+    """`spae-lab generate TASK [--tokenizer T] ... --out DIR` -> `TASK ...`, without `--tokenizer T`
+    when `tokenizer` is T (the table's header names it)."""
+    short = command.removeprefix("spae-lab generate ").split(" --out")[0]
+    return short.replace(f" --tokenizer {tokenizer}", "") if tokenizer else short
+
+
 @table("generation-class")
 def generation_class() -> str:
     from spae_lab.tables import wilson_interval
 
     runs = load("generation_cpu.json")
-    labels = {"class_mixed": "`class`, `--class-context mixed` (only the label says which digit)",
-              "class_last": "`class`, default context (`last`), 2 context draws",
-              "class_last_5episodes": "`class`, default context, 5 context draws",
-              "class_last_5episodes_seed1": "`class`, default context, 5 other draws (`--seed 1`)",
-              "class_same": "`class`, `--class-context same` (only examples of the requested digit)",
-              "arithmetic": "`arithmetic` (\"An image of 1+7:\")"}
+    keys = ["class_mixed", "class_last", "class_last_5episodes", "class_last_5episodes_seed1", "class_same",
+            "arithmetic"]
     rows = []
-    for key, label in labels.items():
+    for key in keys:
+        label = "`" + short_generate(runs[key]["command"], "digits") + "`"
         s = runs[key]["summary"]
         correct = round(s["accuracy"] * s["images"])
         low, high = wilson_interval(correct, s["images"])
@@ -318,17 +322,18 @@ def generation_class() -> str:
         if key == "class_last_5episodes_seed1":
             correct, images = class_digits_both_seeds()
             low, high = wilson_interval(correct, images)
-            rows.append(["`class`, default context, both seeds", images,
+            rows.append(["both runs above", images,
                          f"**{pct(correct / images)}** ({pct(low)}-{pct(high)})", "", "10%", "", "", ""])
     classifier = runs["class_last_5episodes"]["summary"]
     return "\n\n".join([
-        markdown(["run", "images", "recognised as asked (95% interval)", "by decoded depth 1..5 (%)", "chance",
+        markdown(["run (`spae-lab generate ... --tokenizer digits`)", "images",
+                  "recognised as asked (95% interval)", "by decoded depth 1..5 (%)", "chance",
                   "copying a context example (no LLM)", "words shared with the closest example",
                   "exact copies"], rows),
         f"The judge, on real held-out digits: {pct(classifier['classifier_real_heldout'], 1)}; on their "
         f"reconstructions: {pct(classifier['classifier_reconstructed_heldout'], 1)}. "
-        + source("`benchmarks/results/generation_cpu.json` (each run's command is in it; the runs above are "
-                 "`spae-lab generate class --tokenizer digits [--class-context C] [--episodes N] [--seed S]`)")])
+        + "The default class context is `last` (the requested digit's examples next to the query). "
+        + source("`benchmarks/results/generation_cpu.json`")])
 
 
 @table("generation-images")
@@ -347,7 +352,7 @@ def generation_images() -> str:
 
         # runs before `--corruption` existed put random words in the region (now `--corruption random`)
         corruption = ("masked" if key.endswith("_masked") else "random") if region else "-"
-        rows.append([f"`{run['command'].removeprefix('spae-lab generate ').split(' --out')[0]}`", corruption,
+        rows.append([f"`{short_generate(run['command'])}`", corruption,
                      s["images"], cell("generated"), cell("corrupted"), cell("noLLM_fill"), cell("clean_tokens")])
     return "\n\n".join([
         markdown(["run (`spae-lab generate ...`)", "region's words", "images", "LLM", "corrupted input",
