@@ -415,7 +415,9 @@ def search() -> str:
                      f"{r['cdist_over_ours']:.1f}x", f"{r['vqp_over_ours']:.1f}x",
                      f"{differing['ours']} (vqp: {differing['vector_quantize_pytorch']})"])
     names = {"floor_matmul": "bare product", "ours": "ours", "cdist_argmin": "cdist",
-             "vector_quantize_pytorch": "vector-quantize-pytorch"}
+             "vector_quantize_pytorch": "vector-quantize-pytorch",
+             "quantizer_encode": "whole SAQ quantizer of the `small` preset, without gradients",
+             "quantizer_train": "whole SAQ quantizer, forward + backward"}
     memory = [[names.get(m["method"], m["method"].replace("_", " ")), f"{m['peak_extra_mb']:,.0f} MB"]
               for m in d["memory"]]
     return "\n\n".join([
