@@ -82,7 +82,7 @@ def word_agreement(run: str, images: int = 256) -> dict:
     """Per layer, the fraction of tokens a trained tokenizer picks identically in fp32 and under
     bf16 autocast (the quantizer itself always searches in fp32; the encoder's latents differ)."""
     from spae_lab.checkpoint import load_tokenizer
-    from spae_lab.train import build_datasets, load_batch
+    from spae_lab.training.loop import build_datasets, load_batch
 
     model = load_tokenizer(run, "cuda")
     _, heldout = build_datasets(model.experiment_config)

@@ -15,7 +15,7 @@ decoder, backward, optimizer (gradient clipping, AdamW, zeroing). Times are per 
 profiler's user ranges (`record_function`), averaged over the profiled steps; the profiler adds
 overhead, so the un-profiled median step is given beside them.
 
-The step is the training loop's (`spae_lab.train.training_step`), on CIFAR-10 images through the
+The step is the training loop's (`spae_lab.training.loop.training_step`), on CIFAR-10 images through the
 same dataset code as training (the 300-image sample that ships with the package).
 
     .venv/bin/python benchmarks/bench_step_profile.py --json benchmarks/results/step_profile_cpu.json \
@@ -83,7 +83,7 @@ def setup(preset: str, batch_size: int, cached: bool, overrides: dict | None = N
     from spae_lab.checkpoint import create_tokenizer
     from spae_lab.config import create_config
     from spae_lab.data import make_dataset
-    from spae_lab.train import build_guide
+    from spae_lab.training.loop import build_guide
 
     cfg = create_config(preset, {"train.batch_size": batch_size, **(overrides or {})})
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def make_step(cfg, model, guide, dataset, optimizer, before: bool = False):
     """step(s): the training loop's data path and step at step s (labelled for the profiler).
     `before`: the search as it was (one 64 MB buffer, torch's argmax)."""
     import spae_lab.quantizer as quantizer
-    from spae_lab.train import batch_indices, load_batch, sample_depths, training_step
+    from spae_lab.training.loop import batch_indices, load_batch, sample_depths, training_step
 
     def step(s: int) -> None:
         if before:
@@ -132,7 +132,7 @@ def make_plain_step(cfg, model, dataset):
     import spae_lab.quantizer as quantizer
     from spae_lab.losses import reconstruction_losses
     from spae_lab.model import SPAE
-    from spae_lab.train import batch_indices, load_batch
+    from spae_lab.training.loop import backward_and_step, batch_indices, load_batch
 
     torch.manual_seed(0)
     plain = PlainVQAutoencoder(SPAE(cfg.model, model.codebook))
@@ -154,12 +154,7 @@ def make_plain_step(cfg, model, dataset):
                 quantizer.nearest_codes = original
             with record_function("losses"):
                 loss = sum(reconstruction_losses(recon, images * 2 - 1, cfg.loss).values()) + vq_loss
-            with record_function("backward"):
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            with record_function("optimizer"):
-                torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.train.grad_clip)
-                optimizer.step()
+            backward_and_step(loss, plain, optimizer, cfg.train.grad_clip)
     return step
 
 

@@ -30,8 +30,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from spae_lab.checkpoint import create_tokenizer
     from spae_lab.config import create_config
-    from spae_lab.teacher_cache import compute_top_words
-    from spae_lab.train import batch_indices, build_datasets, build_guide, load_batch
+    from spae_lab.teacher.cache import compute_top_words
+    from spae_lab.training.loop import batch_indices, build_datasets, build_guide, load_batch
 
     overrides = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     for pair in args.set:

@@ -1,7 +1,7 @@
 """Time to quality: the CPU-minutes the `cifar10` recipe takes to reach held-out PSNR and class-word
 milestones, trained from scratch, as a curve.
 
-Trains configs/pretrained/cifar10.yaml on CIFAR-10 train with `spae_lab.train.train` and evaluates
+Trains configs/pretrained/cifar10.yaml on CIFAR-10 train with `spae_lab.training.loop.train` and evaluates
 every --eval-every steps on the validation split carved from the training data (the 512 evenly
 spaced images of the held-out 10% of each class that training never sees; the CIFAR-10 test split
 is never read). After each evaluation it records the process CPU time spent on training so far:
@@ -63,7 +63,7 @@ class Clock:
 
 def instrument(clock: Clock) -> None:
     """Time evaluations apart, and note where setup ends (the first evaluation or step)."""
-    train_module = sys.modules["spae_lab.train"]
+    train_module = sys.modules["spae_lab.training.loop"]
     evaluate, step = train_module.evaluate, train_module.training_step
 
     def timed_evaluate(*args, **kwargs):
@@ -104,7 +104,7 @@ def run_budget(args, overrides: dict) -> None:
     import torch
 
     from spae_lab.config import create_config
-    from spae_lab.train import train
+    from spae_lab.training.loop import train
 
     cfg = create_config("small", overrides)
     run = Path(args.out)
@@ -181,8 +181,8 @@ def card_reading(run: Path, card: dict) -> dict | None:
     reads the shipped file), on the same validation images: the card's own figures, for this run."""
     from spae_lab.checkpoint import create_tokenizer, load_tokenizer
     from spae_lab.config import apply_overrides, validate
-    from spae_lab.evaluate import evaluate
-    from spae_lab.train import build_datasets, build_guide
+    from spae_lab.training.evaluate import evaluate
+    from spae_lab.training.loop import build_datasets, build_guide
 
     saved = run / "card_reading.json"
     step = checkpoint_step(run)

@@ -2,7 +2,7 @@
 same backbone (encoder, decoder, 1x1 projections) with a learned codebook of the same size and
 search dimension, one layer of G x G tokens, straight-through, commitment + codebook losses.
 
-The SPAE step is the training loop's (`spae_lab.train.training_step`): forward with random
+The SPAE step is the training loop's (`spae_lab.training.loop.training_step`): forward with random
 depths, pixel + gradient losses, commitment, codebook, the semantic loss, backward, gradient
 clipping and AdamW; the plain VQ step clips and steps the same way. Variants: "spae" reads the
 teacher's top-K words from the table computed once per training set (the default,
@@ -90,7 +90,7 @@ def steps(preset: str, batch_size: int, device: str = "cpu", amp_dtype: torch.dt
     from dataclasses import replace
 
     from spae_lab.losses import reconstruction_losses
-    from spae_lab.train import sample_depths, training_step
+    from spae_lab.training.loop import sample_depths, training_step
 
     cfg, spae, guide, plain, images, indices = build(preset, batch_size, device, overrides)
     opt_spae = torch.optim.AdamW(spae.parameters(), lr=1e-4)

@@ -17,8 +17,8 @@ import torch
 from spae_lab.checkpoint import load_tokenizer
 from spae_lab.config import create_config
 from spae_lab.data import make_dataset
-from spae_lab.evaluate import evaluate
-from spae_lab.train import build_guide
+from spae_lab.training.evaluate import evaluate
+from spae_lab.training.loop import build_guide
 
 
 def main() -> None:

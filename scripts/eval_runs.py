@@ -18,8 +18,8 @@ import torch
 
 from spae_lab.checkpoint import create_tokenizer, load_tokenizer
 from spae_lab.config import apply_overrides, validate
-from spae_lab.evaluate import evaluate
-from spae_lab.train import build_datasets
+from spae_lab.training.evaluate import evaluate
+from spae_lab.training.loop import build_datasets
 
 INFERENCE_KEYS = ("model.top_word", "semantic.word_template")
 

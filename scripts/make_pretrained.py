@@ -25,8 +25,8 @@ import torch
 from spae_lab import pretrained
 from spae_lab.checkpoint import checkpoint_step, create_tokenizer, load_tokenizer, read_checkpoint, save_checkpoint
 from spae_lab.config import apply_overrides, validate
-from spae_lab.evaluate import evaluate
-from spae_lab.train import build_datasets, build_guide
+from spae_lab.training.evaluate import evaluate
+from spae_lab.training.loop import build_datasets, build_guide
 
 
 def _commit() -> str:

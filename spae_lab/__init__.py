@@ -3,15 +3,19 @@
 The calls most people need::
 
     from spae_lab import load_tokenizer
-    tokenizer = load_tokenizer("runs/demo")
-    pyramid = tokenizer.encode(images)          # images (B, 3, S, S) in [0, 1]
+    tokenizer = load_tokenizer("cifar10")          # a shipped name, a checkpoint or a run folder
+    pyramid = tokenizer.encode(images)             # images (B, 3, S, S) in [0, 1]
     print(pyramid.describe())
     images = tokenizer.decode(pyramid, num_layers=2)
+
+The package, from the bottom up: the core modules at this level (config, codebook, pyramid,
+quantizer, model, losses, metrics, checkpoint, ...), then `data`, `teacher`, `training`, `llm`,
+`reading` (a frozen LLM reads the words), `generate` (it writes them), `views` (figures, reports)
+and `cli`. A package imports only from the levels below it.
 """
 
 import importlib
-import sys
-import types
+from importlib.metadata import PackageNotFoundError, version
 
 # Public names -> the module that defines them. Imported on first use (PEP 562), so that
 # `import spae_lab` and the command line start without loading torch.
@@ -35,7 +39,7 @@ _EXPORTS = {
     "create_tokenizer": "spae_lab.checkpoint",
     "load_tokenizer": "spae_lab.checkpoint",
     "SpaeError": "spae_lab.errors",
-    "train": "spae_lab.train",
+    "train": "spae_lab.training.loop",
     # clips (issue 25): spae_lab.video
     "MovingScenes": "spae_lab.video.data",
     "MovingDigits": "spae_lab.video.data",
@@ -55,46 +59,9 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-class _Package(types.ModuleType):
-    """`spae_lab.train` is both a module and the function it defines. Importing the submodule makes
-    Python bind the module as the package attribute; keep the attribute for the function that
-    `from spae_lab import train` promises (the module stays in sys.modules["spae_lab.train"])."""
+try:  # the version is written once, in pyproject.toml
+    __version__ = version("spae-lab")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and name in _EXPORTS and value.__name__ == _EXPORTS[name]:
-            if name in self.__dict__:
-                return  # the function is bound already
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "SPAE",
-    "SpaeError",
-    "create_tokenizer",
-    "CheckpointError",
-    "Codebook",
-    "CodebookError",
-    "ConfigError",
-    "DataError",
-    "ExperimentConfig",
-    "ImageFolderDataset",
-    "PyramidLayout",
-    "SyntheticScenes",
-    "TokenPyramid",
-    "create_config",
-    "list_presets",
-    "load_codebook",
-    "load_image",
-    "load_tokenizer",
-    "make_dataset",
-    "train",
-    "MovingScenes",
-    "MovingDigits",
-    "load_clip",
-]
+__all__ = sorted(_EXPORTS)

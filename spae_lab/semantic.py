@@ -4,7 +4,7 @@ SPAE (Yu et al. 2023, as we read its section 3): the vector that picks a semanti
 pulled towards the teacher's top-K words for the image. The loss itself (`losses.semantic_loss`)
 and its weight schedule (`losses.warmup_cosine`) live with the other loss terms; this module holds
 the teacher side: relevance of every word, top-K targets (live, or read from a table computed once
-per training set: `spae_lab.teacher_cache`), and health metrics of the words chosen.
+per training set: `spae_lab.teacher.cache`), and health metrics of the words chosen.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from spae_lab.codebook import Codebook
 from spae_lab.config import SemanticConfig
 from spae_lab.losses import warmup_cosine
 from spae_lab.teacher import Teacher, load_teacher
-from spae_lab.teacher_cache import TopWordsTable, load_or_compute
+from spae_lab.teacher.cache import TopWordsTable, load_or_compute
 
 
 class SemanticGuide:

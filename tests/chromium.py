@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spae_lab.report import ReportError
+from spae_lab.views.report import ReportError
 
 
 def find_chromium() -> str | None:

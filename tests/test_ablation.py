@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from spae_lab.cli import main
+from spae_lab.cli.main import main
 
 
 @pytest.mark.slow  # trains four variants

@@ -21,7 +21,7 @@ _DRIVER = textwrap.dedent("""
     from safetensors.torch import save_file
     from spae_lab.config import create_config
 
-    train_module = importlib.import_module("spae_lab.train")  # the module, not the function
+    train_module = importlib.import_module("spae_lab.training.loop")  # the module, not the function
     checkpoint_module = importlib.import_module("spae_lab.checkpoint")  # create_tokenizer builds it
     made = []
 

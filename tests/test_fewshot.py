@@ -8,13 +8,18 @@ import json
 import pytest
 import torch
 
-from spae_lab import fewshot
 from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from spae_lab.cli import main
+from spae_lab.cli.main import main
 from spae_lab.codebook import load_codebook
 from spae_lab.config import create_config
 from spae_lab.data import make_dataset
-from spae_lab.episodes import (
+from spae_lab.llm.answer import DECODINGS
+from spae_lab.llm.base import LLMBackend
+from spae_lab.llm.cache import CachedBackend
+from spae_lab.llm.hf import HFBackend
+from spae_lab.model import SPAE
+from spae_lab.reading import fewshot
+from spae_lab.reading.episodes import (
     FROZEN_SETTINGS,
     FewShotConfig,
     FewShotError,
@@ -22,12 +27,7 @@ from spae_lab.episodes import (
     prepare_episodes,
     sample_episodes,
 )
-from spae_lab.fewshot import build_prompt, run_fewshot
-from spae_lab.llm.answer import DECODINGS
-from spae_lab.llm.base import LLMBackend
-from spae_lab.llm.cache import CachedBackend
-from spae_lab.llm.hf import HFBackend
-from spae_lab.model import SPAE
+from spae_lab.reading.fewshot import build_prompt, run_fewshot
 from spae_lab.tables import wilson_interval
 
 
@@ -127,7 +127,7 @@ def test_wilson_interval():
 
 def test_the_three_decodings_end_to_end_and_resume(tiny_llm, digits, tmp_path, tokenizer_run):
     from spae_lab.checkpoint import load_tokenizer
-    from spae_lab.fewshot import TokenizerTexts, pixel_features
+    from spae_lab.reading.fewshot import TokenizerTexts, pixel_features
 
     model = load_tokenizer(tokenizer_run)
     cfg = FewShotConfig(ways=(2,), settings=FROZEN_SETTINGS[:2], names=("real", "nonsense"),

@@ -1,4 +1,4 @@
-"""The command line under random input (issue 14): `spae_lab.cli.main` in-process, its current
+"""The command line under random input (issue 14): `spae_lab.cli.main.main` in-process, its current
 folder a fresh temporary one, given argument lists built from the real subcommands and flags with
 random values. Whatever it is given it ends with status 0, 1 or 2 (argparse's own exit included),
 never a traceback, and every file it writes lies inside its temporary folder.
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spae_lab.assets import cache_dir
-from spae_lab.cli import build_parser, main
+from spae_lab.cli.main import build_parser, main
 from spae_lab.config import _all_keys, create_config, list_presets
 
 # --- what this process writes ------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_the_command_line_never_crashes_and_writes_only_inside_its_folder(tmp_pa
         os.chdir(before)
     assert code in (0, 1, 2), f"{argv}: exit {code}\n{err.getvalue()}"
     assert "Traceback" not in err.getvalue(), f"{argv}\n{err.getvalue()}"
-    ours = [line for line in err.getvalue().splitlines() if line.startswith("spae-lab ") and ": error: " in line]
+    ours = [line for line in err.getvalue().splitlines() if line.startswith("spae-lab") and ": error: " in line]
     assert code != 2 or len(ours) == 1 or "usage:" in err.getvalue(), f"{argv}\n{err.getvalue()}"
     outside = [path for path in writes if not _allowed(path, tmp)]
     assert not outside, f"{argv} wrote outside its folder: {outside}"

@@ -4,7 +4,6 @@ the `generate` command writing its files."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -12,12 +11,12 @@ import torch
 from PIL import Image
 
 from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from spae_lab.cli.main import build_parser
 from spae_lab.config import create_config
 from spae_lab.generate import (
     V2L_SCHEDULE,
     CorruptionSchedule,
     DecodeConfig,
-    add_generate_parser,
     run_generation,
 )
 from spae_lab.generate import tasks as T
@@ -27,7 +26,7 @@ from spae_lab.llm.cache import CachedBackend
 from spae_lab.llm.hf import HFBackend
 from spae_lab.pyramid import PyramidLayout
 
-LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8))
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +245,7 @@ def test_resume_after_a_kill_gives_the_same_images(model, tiny_llm, tmp_path, mo
 
 def test_cli_writes_images_at_input_size_csv_prompts_and_cache(tokenizer_run, tiny_llm,
                                                               input_folder, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_generate_parser(parser.add_subparsers())
+    parser = build_parser()
     out = tmp_path / "out"
     args = parser.parse_args(["generate", "inpaint", "--tokenizer", str(tokenizer_run),
                               "--input", str(input_folder), "--out", str(out),
@@ -328,7 +326,7 @@ def test_edit_by_words_steers_the_coarse_decode_of_the_shipped_digits(tmp_path):
 
 
 def test_edit_refuses_a_word_outside_the_codebook_in_one_line(tmp_path, capsys):
-    from spae_lab.cli import main
+    from spae_lab.cli.main import main
 
     assert main(["generate", "edit", "--tokenizer", "digits", "--word", "zzqq",
                  "--out", str(tmp_path / "e")]) == 2
@@ -382,7 +380,7 @@ def test_last_context_moves_the_examples_showing_the_asked_label_next_to_the_que
 def test_digit_classifier_trains_inside_no_grad():
     """The generation tasks judge under torch.no_grad(); a first use with an empty cache trains
     the classifier there, which needs gradients all the same."""
-    from spae_lab.digit_classifier import ClassifierConfig, DigitCNN, train_digit_classifier
+    from spae_lab.generate.digit_classifier import ClassifierConfig, DigitCNN, train_digit_classifier
 
     config = ClassifierConfig(epochs=1, with_reconstructions=False)
     torch.manual_seed(config.seed)

@@ -8,11 +8,11 @@ import torch
 
 from spae_lab import load_tokenizer, pretrained
 from spae_lab.checkpoint import CheckpointError
-from spae_lab.cli import main
+from spae_lab.cli.main import main
 from spae_lab.data import SyntheticScenes, make_dataset
-from spae_lab.evaluate import evaluate
 from spae_lab.metrics import caption_word_hits, class_word_hits, random_words
-from spae_lab.train import build_datasets, build_guide
+from spae_lab.training.evaluate import evaluate
+from spae_lab.training.loop import build_datasets, build_guide
 
 SHIPPED = ("scenes", "cifar10", "cifar10-lqae", "digits")
 

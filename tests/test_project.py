@@ -123,7 +123,7 @@ def test_the_command_line_starts_without_torch():
     import sys
 
     code = ("import sys, contextlib, io\n"
-            "from spae_lab.cli import main\n"
+            "from spae_lab.cli.main import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    main(['presets']); main(['report', '--list'])\n"
             "heavy = sorted(m for m in ('torch', 'transformers', 'papermill', 'matplotlib', 'pandas')"

@@ -17,9 +17,9 @@ import pytest
 from chromium import check_page, find_chromium
 
 from spae_lab.io import OwnershipError, remove_owned
-from spae_lab.parameters import ParameterError, check_parameter
 from spae_lab.paths import find_path, project_root, results_folder
-from spae_lab.report import (
+from spae_lab.views.parameters import ParameterError, check_parameter
+from spae_lab.views.report import (
     FAILED,
     SUCCEEDED,
     ReportError,
@@ -63,7 +63,7 @@ def synthetic(tmp_path_factory):
               "value = 1 / divisor")
     _notebook(books / "b_figures.ipynb", "count: int = 3  # points\nseed: int = 0  # numpy seed",
               "import matplotlib.pyplot as plt\nimport numpy as np\nimport plotly.graph_objects as go\n"
-              "from spae_lab.viz import notebook_setup\nnotebook_setup()\nSECRET_CODE = 'hidden input'",
+              "from spae_lab.views.figures import notebook_setup\nnotebook_setup()\nSECRET_CODE = 'hidden input'",
               "fig = plt.figure()\nplt.plot(np.random.default_rng(seed).random(count))\nplt.show()",
               "go.Figure(go.Scatter(y=list(range(count))))",
               "assert count == 5")
@@ -367,7 +367,7 @@ def test_a_notebook_checks_its_own_parameters(tmp_path):
     try:
         shell.run_cell("checkpoints: list = ['scenes']  # runs\nnum_images: int = 8  # n\nname: str = 'x'  # s")
         shell.run_cell("checkpoints = '[\"runs/demo\"]'\nnum_images = '4'")  # papermill -p, as text
-        result = shell.run_cell("from spae_lab.parameters import check_parameters\n"
+        result = shell.run_cell("from spae_lab.views.parameters import check_parameters\n"
                                 "checked = check_parameters(globals())")
         assert result.success
         assert shell.user_ns["checkpoints"] == ["runs/demo"] and shell.user_ns["num_images"] == 4
@@ -429,7 +429,7 @@ def test_papermill_from_the_notebooks_folder_finds_runs_and_checks_parameters(pr
     `-p num_images abc`, which fails in the check cell instead of 90 s later."""
     source = _notebook(project / "notebooks" / "probe.ipynb",
                        "checkpoints: list = ['scenes']  # runs\nnum_images: int = 2  # n",
-                       "from spae_lab import load_tokenizer\nfrom spae_lab.parameters import check_parameters\n"
+                       "from spae_lab import load_tokenizer\nfrom spae_lab.views.parameters import check_parameters\n"
                        "check_parameters(globals())",
                        "models = [load_tokenizer(c) for c in checkpoints]\nassert len(models) == 1")
     papermill = str(Path(sys.executable).with_name("papermill"))

@@ -6,7 +6,7 @@ import pytest
 
 from spae_lab.data import SyntheticScenes
 from spae_lab.llm.hf import HFBackend
-from spae_lab.scene_qa import QUESTIONS, caption_scores, run_captioning, run_vqa, words_reference
+from spae_lab.reading.scene_qa import QUESTIONS, caption_scores, run_captioning, run_vqa, words_reference
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_vqa_and_captioning_run_and_score(backend):
 
 def test_cli_scene_qa(tmp_path, capsys, tiny_llama):
     from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
-    from spae_lab.cli import main
+    from spae_lab.cli.main import main
     from spae_lab.codebook import load_codebook
     from spae_lab.config import create_config
     from spae_lab.model import SPAE

@@ -68,7 +68,7 @@ def test_weight_schedule():
 
 
 def test_guided_tiny_training_logs_semantic_loss_and_relevance(tmp_path):
-    from spae_lab.train import train
+    from spae_lab.training.loop import train
 
     cfg = create_config("tiny", {"train.steps": 10, "train.eval_every": 10, "train.num_threads": 1,
                                  "semantic.warmup_steps": 2})

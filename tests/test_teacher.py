@@ -11,7 +11,7 @@ from spae_lab.teacher import (
     TeacherError,
     load_teacher,
 )
-from spae_lab.teacher_train import TeacherConfig, train_teacher
+from spae_lab.teacher.train import TeacherConfig, train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_minilm_similarities_are_sensible(text_encoder):
 
 def test_lit_training_checkpoint_and_relevance(tmp_path, monkeypatch, text_encoder):
     monkeypatch.setenv("SPAE_LAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("spae_lab.teacher_train.MiniLMTextEncoder", lambda: text_encoder)
+    monkeypatch.setattr("spae_lab.teacher.train.MiniLMTextEncoder", lambda: text_encoder)
     cfg = TeacherConfig(steps=15, batch_size=32, scenes=200, mnist=False, eval_per_class=5,
                         warmup_steps=3)
     result = train_teacher(cfg, tmp_path / "teacher", progress=False)

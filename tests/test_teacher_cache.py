@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-import spae_lab.teacher_cache as teacher_cache
+import spae_lab.teacher.cache as teacher_cache
 from spae_lab.codebook import load_codebook
 from spae_lab.config import create_config
 from spae_lab.data import SyntheticScenes, collate, make_dataset
 from spae_lab.semantic import SemanticGuide
-from spae_lab.teacher_cache import TeacherCacheError, TopWordsTable, dataset_fingerprint, load_or_compute
-from spae_lab.train import batch_indices, train
+from spae_lab.teacher.cache import TeacherCacheError, TopWordsTable, dataset_fingerprint, load_or_compute
+from spae_lab.training.loop import batch_indices, train
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 
 from spae_lab.checkpoint import CheckpointError, load_tokenizer, read_checkpoint
 from spae_lab.config import create_config
-from spae_lab.runs import RunFolder, RunFolderError
-from spae_lab.train import batch_indices, learning_rate, train
+from spae_lab.training.loop import batch_indices, learning_rate, train
+from spae_lab.training.runs import RunFolder, RunFolderError
 
 
 def _cfg(**overrides):

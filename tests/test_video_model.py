@@ -13,27 +13,26 @@ from spae_lab.video.data import MovingScenes
 
 
 def test_clip_layout_counts_and_coords():
-    layout = PyramidLayout(8, (1, 1, 2, 4, 8), cover=True, frames=4, time_sizes=(1, 1, 2, 4, 4))
+    layout = PyramidLayout(8, (1, 1, 2, 4, 8), frames=4, time_sizes=(1, 1, 2, 4, 4))
     assert layout.num_positions == 256
     assert layout.tokens_per_layer() == [1, 1, 8, 64, 256]
     assert layout.cumulative_tokens() == [1, 2, 10, 74, 330]
     assert layout.region(2) == (8, 4, 4, 2) and layout.layer_shape(2) == "2x2x2"
     coords = layout.coords(2)
     assert coords.shape == (8, 3) and coords[:4, 0].tolist() == [1] * 4 and coords[4:, 0].tolist() == [3] * 4
-    image = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+    image = PyramidLayout(8, (1, 2, 4, 8, 8))
     assert image.region(1) == (8, 4, 1, 1) and image.layer_shape(1) == "2x2" and image.coords(1).shape == (4, 2)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"frames": 4}, "needs time_sizes"),
-    ({"frames": 4, "time_sizes": (1, 2), "cover": False}, "cover"),
     ({"frames": 4, "time_sizes": (1, 3)}, "power of two"),
     ({"frames": 4, "time_sizes": (2, 1)}, "coarse to fine"),
     ({"frames": 4, "time_sizes": (1,)}, "one time size per layer"),
 ])
 def test_clip_layout_refuses(kwargs, match):
     with pytest.raises(PyramidError, match=match):
-        PyramidLayout(4, (1, 2), **{"cover": True, **kwargs})
+        PyramidLayout(4, (1, 2), **kwargs)
 
 
 def test_region_mean_and_spread_over_time():
@@ -50,7 +49,7 @@ def test_region_mean_and_spread_over_time():
 
 def test_saq_over_clip_regions_has_an_exact_inverse():
     torch.manual_seed(0)
-    layout = PyramidLayout(4, (1, 1, 2, 4), cover=True, frames=2, time_sizes=(1, 1, 2, 2))
+    layout = PyramidLayout(4, (1, 1, 2, 4), frames=2, time_sizes=(1, 1, 2, 2))
     quantizer = PyramidQuantizer(layout, torch.randn(64, 8), "saq", None, True)
     z = torch.randn(3, layout.num_positions, 8)
     out = quantizer(z)
@@ -90,7 +89,7 @@ def test_clip_tokenizer_refuses_bad_clips(tiny):
         model.encode(torch.zeros(1, 3, 4, 16, 16, dtype=torch.uint8))
     with pytest.raises(ShapeError, match=r"\[0, 1\]"):
         model.encode(torch.full((1, 3, 4, 16, 16), 2.0))
-    image = PyramidLayout(2, (1, 2), cover=True)
+    image = PyramidLayout(2, (1, 2))
     with pytest.raises(PyramidError, match="another pyramid"):
         model.decode(TokenPyramid([torch.zeros(1, 1, dtype=torch.long)], image, model.codebook))
 

@@ -6,10 +6,10 @@ import torch
 
 from spae_lab.checkpoint import create_tokenizer
 from spae_lab.config import create_config
-from spae_lab.episodes import FewShotConfig, select_settings
 from spae_lab.generate.decode import DecodeConfig
 from spae_lab.llm.hf import HFBackend
 from spae_lab.pyramid import PyramidLayout
+from spae_lab.reading.episodes import FewShotConfig, select_settings
 from spae_lab.video.config import create_clip_config
 from spae_lab.video.data import MovingScenes
 from spae_lab.video.reading import ClipTexts, FrameByFrameTexts, frame_word_counts, run_clip_fewshot, run_clip_vqa
@@ -93,7 +93,7 @@ def test_fewshot_on_clips_runs_the_image_protocol(clip_model, backend, tmp_path)
 
 
 def test_continuation_masks_and_fills():
-    layout = PyramidLayout(4, (1, 2, 4), cover=True, frames=4, time_sizes=(1, 2, 4))
+    layout = PyramidLayout(4, (1, 2, 4), frames=4, time_sizes=(1, 2, 4))
     mask = later_mask(layout, 2)  # latent frames 0-1 known
     assert mask[0] == [True] and mask[1] == [False] * 4 + [True] * 4
     assert mask[2] == [False] * 32 + [True] * 32

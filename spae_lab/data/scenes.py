@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
@@ -240,3 +241,9 @@ class SyntheticScenes(Dataset):
         return {"image": _to_tensor(array), "label": SHAPES.index(first["shape"]),
                 "caption": scene.caption, "shape": first["shape"], "color": first["color"],
                 "background": scene.background, "count": scene.count}
+
+    def images_and_captions(self, count: int | None = None) -> tuple[torch.Tensor, list[str]]:
+        """The first `count` scenes (all by default) stacked: images (B, 3, S, S) in [0, 1] and their
+        captions."""
+        items = [self[i] for i in range(len(self) if count is None else min(count, len(self)))]
+        return torch.stack([item["image"] for item in items]), [item["caption"] for item in items]

@@ -47,7 +47,7 @@ def _is_digits(model) -> bool:
 def make_judge(model, word: str, class_names: list[str] | None, classifier=None):
     """(description, judge): judge(images (B, 3, S, S)) -> (B,) bool, "the image shows `word`"."""
     if _is_digits(model) and word in DIGIT_WORDS:
-        from spae_lab.digit_classifier import load_digit_classifier
+        from spae_lab.generate.digit_classifier import load_digit_classifier
 
         classifier = classifier or load_digit_classifier(model, progress=False)
         target = DIGIT_WORDS.index(word)

@@ -54,8 +54,8 @@ class GenerationConfig:
     episodes: int = 5  # class / arithmetic: context draws, each writing one image per digit
     # class / arithmetic context: "last" (every digit's examples, shuffled, with those whose label
     # is the one asked for moved next to the query), "mixed" (no move: the label alone says which
-    # digit) or "same" (only examples of the requested digit). "last" was chosen on the training
-    # split: 45% of 20 digits recognised against 10-20% for "mixed"; "same" mostly copies.
+    # digit) or "same" (only examples of the requested digit, which mostly get copied). "last" was
+    # chosen on the training split (docs/writing.md).
     class_context: str = "last"
     # inpaint / outpaint: what the region's tokens become: "masked" (the tokens of the image with
     # the region painted grey, as an image with a hole reads; V2L's inputs) or "random" (random
@@ -410,7 +410,7 @@ def _run_images(model, cfg, data, context_data, writer, layers, sizes, out, prog
 
 
 def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifier):
-    from spae_lab.digit_classifier import load_digit_classifier
+    from spae_lab.generate.digit_classifier import load_digit_classifier
 
     episodes = _class_task(model, cfg, data)
     words = writer.words
@@ -453,7 +453,7 @@ def _run_digits(model, cfg, data, writer, layers, sizes, out, progress, classifi
                         "max_overlap_with_context": round(overlap[k], 4),
                         "first_word": words[written[k][0][0]]})
     frame = pd.DataFrame(records)
-    from spae_lab.digit_classifier import reconstruct_all
+    from spae_lab.generate.digit_classifier import reconstruct_all
 
     summary = {"task": cfg.task, "images": len(frame),
                "accuracy": float(frame["correct"].mean()), "chance": 0.1,

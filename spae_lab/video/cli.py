@@ -46,7 +46,7 @@ def decode_clips(model, args) -> int:
     pyramid = TokenPyramid.from_text(args.text, model.layout, model.codebook)
     clip = model.decode(pyramid)[0]
     if suffix == ".png":
-        from spae_lab.viz import save_image
+        from spae_lab.views.figures import save_image
 
         path = save_image(clip.transpose(0, 1).permute(1, 2, 0, 3).reshape(3, clip.shape[2], -1), args.out)
     else:

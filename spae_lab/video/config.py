@@ -114,8 +114,6 @@ def validate_clip(cfg: ClipExperimentConfig) -> None:
         raise ConfigError(f"clip.layer_frames must go coarse to fine, got {c.layer_frames}")
     if not 0 <= c.temporal_blocks <= 8:
         raise ConfigError(f"clip.temporal_blocks must be in 0..8, got {c.temporal_blocks}")
-    if m.coarse_tokens != "cover":
-        raise ConfigError("clip tokenizers use the covering pyramid (model.coarse_tokens 'cover')")
     if cfg.semantic.enabled and len(c.word_templates) < len(cfg.semantic.top_k):
         raise ConfigError(f"clip.word_templates {c.word_templates}: one per guided layer (semantic.top_k "
                           f"{cfg.semantic.top_k})")

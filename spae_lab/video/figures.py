@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from spae_lab.viz import reconstruction_grid
+from spae_lab.views.figures import reconstruction_grid
 
 
 def frames_of(clip: torch.Tensor) -> torch.Tensor:

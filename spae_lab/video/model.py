@@ -69,8 +69,8 @@ class ClipSPAE(SPAE):
     def __init__(self, config: ModelConfig, clip: ClipConfig, codebook: Codebook):
         super().__init__(config, codebook)
         self.clip_config = clip
-        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes), cover=True,
-                                    frames=clip.latent_frames, time_sizes=tuple(clip.layer_frames))
+        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes), frames=clip.latent_frames,
+                                    time_sizes=tuple(clip.layer_frames))
         self.quantizer.layout = self.layout
         width = config.latent_channels
         self.encoder_time = _temporal_stack(width, clip.temporal_blocks, clip.time_downsample, down=True)

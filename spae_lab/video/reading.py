@@ -5,7 +5,7 @@ A clip becomes text as an image does: the words of its first pyramid layers (`Cl
 The baseline reads each frame with an image tokenizer (`FrameByFrameTexts`: the shipped `scenes`
 one) and keeps the same number of words per clip, taken from frames spread over the clip.
 
-- Few-shot classification reuses the image protocol whole (`spae_lab.fewshot.run_fewshot`: Frozen's
+- Few-shot classification reuses the image protocol whole (`spae_lab.reading.fewshot.run_fewshot`: Frozen's
   settings, saved episodes, the three decodings, calibration, no-LLM 1-NN and word-overlap
   references), on clips labelled by their direction of motion (or colour, shape).
 - VQA asks "Which way does it move?", "What colour is the shape?", "What shape is it?", "How many
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from spae_lab.data import COLORS, NUMBER_WORDS, SHAPES
 from spae_lab.llm.answer import choose
 from spae_lab.llm.base import GenerationParams, LLMBackend
-from spae_lab.scene_qa import words_reference
+from spae_lab.reading.scene_qa import words_reference
 from spae_lab.tables import accuracy_table
 from spae_lab.video.data import DIRECTIONS, MovingScenes
 
@@ -123,7 +123,7 @@ def run_clip_fewshot(clips: Dataset, readers: dict[str, Callable[[torch.Tensor],
     with 95% intervals, {reader: {clip key: text}})."""
     from pathlib import Path
 
-    from spae_lab.fewshot import run_fewshot
+    from spae_lab.reading.fewshot import run_fewshot
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return run_fewshot(ClipsAsImages(clips, attribute), readers, backend, config, Path(out_dir) / "episodes.json",

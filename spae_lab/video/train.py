@@ -28,8 +28,15 @@ from spae_lab.data import DataError
 from spae_lab.devices import choose_num_threads, pick_device
 from spae_lab.io import atomic_write_text
 from spae_lab.losses import reconstruction_losses
-from spae_lab.runs import METRICS_NAME, RunFolder, append_metrics, record_resume, resume_changes, truncate_metrics
-from spae_lab.train import TrainResult, batch_indices, learning_rate, sample_depths
+from spae_lab.training.loop import TrainResult, backward_and_step, batch_indices, learning_rate, sample_depths
+from spae_lab.training.runs import (
+    METRICS_NAME,
+    RunFolder,
+    append_metrics,
+    record_resume,
+    resume_changes,
+    truncate_metrics,
+)
 from spae_lab.video.config import ClipExperimentConfig
 from spae_lab.video.data import MovingDigits, MovingScenes
 from spae_lab.video.evaluate import evaluate_clips
@@ -140,10 +147,7 @@ def _train(cfg, folder: RunFolder, resume: bool, force: bool, progress: bool, on
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
+        backward_and_step(loss, model, optimizer, t.grad_clip)
         done = step + 1
         last = done == t.steps or (deadline is not None and time.monotonic() > deadline)
         if done % t.log_every == 0 or last:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from spae_lab.config import create_config
-from spae_lab.runs import read_metrics
 from spae_lab.tables import to_markdown
-from spae_lab.train import train
+from spae_lab.training.loop import train
+from spae_lab.training.runs import read_metrics
 
 VARIANTS: dict[str, dict] = {
     "SAQ + semantic": {"model.quantizer": "saq", "semantic.enabled": True},
@@ -33,7 +33,7 @@ def final_eval(run_dir: Path, step: int | None = None) -> dict:
     return next(r for r in reversed(records) if "eval" in r and step in (None, r["step"]))
 
 
-# The issue's and the few-shot experiments' reading depth: the first 2 layers (5 words).
+# The depth the word figures read: the first 2 layers (5 words), what an LLM reading layers 1-2 sees.
 CAPTION_LAYERS = 2
 
 
@@ -82,7 +82,7 @@ def save_ablation_figure(table: pd.DataFrame, path: Path) -> Path:
     """PSNR per depth and relevance per layer of every variant (`viz.ablation_figure`)."""
     import matplotlib.pyplot as plt
 
-    from spae_lab.viz import ablation_figure
+    from spae_lab.views.figures import ablation_figure
 
     column = "relevance, random word"
     random_relevance = float(table[column].mean()) if column in table else None

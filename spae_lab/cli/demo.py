@@ -22,17 +22,17 @@ from spae_lab.checkpoint import CheckpointError, load_tokenizer
 from spae_lab.config import create_config
 from spae_lab.data import SyntheticScenes, make_dataset
 from spae_lab.metrics import class_word_hits, random_words
-from spae_lab.runs import has_checkpoint
-from spae_lab.train import TrainResult, train
+from spae_lab.training.loop import TrainResult, train
+from spae_lab.training.runs import has_checkpoint
 
 # Frozen's setting the demo shows: the best of the 7 for SPAE words, 2-way, on the validation split
-# (2-way 81%, 5-way 51%; one example per class, T-1s-0r, gave 62% and 41%).
+# (docs/reading.md#the-demos-setting).
 DEMO_SETTING = "T-3s-0r"
 
 
 def show_scene(out: Path, tokenizer: str = "scenes") -> None:
     """Print a held-out scene's pyramid of words; save reconstructions of 8 held-out scenes."""
-    from spae_lab.viz import save_reconstruction_figure
+    from spae_lab.views.figures import save_reconstruction_figure
 
     model = load_tokenizer(tokenizer)
     scenes = SyntheticScenes(num_images=8, image_size=model.config.image_size, split="heldout")
@@ -48,7 +48,7 @@ def show_scene(out: Path, tokenizer: str = "scenes") -> None:
 def show_cifar10(out: Path) -> None:
     """Print the first 5 words of one sample image per class and the class-word rate against
     random words; save reconstructions of 8 sample images."""
-    from spae_lab.viz import save_reconstruction_figure
+    from spae_lab.views.figures import save_reconstruction_figure
 
     cifar = load_tokenizer("cifar10")
     sample = make_dataset("cifar10-sample", cifar.config.image_size)
@@ -74,7 +74,7 @@ def train_scenes(out: Path, steps: int | None = None, minutes: float | None = No
                  fresh: bool = False, progress: bool = True) -> TrainResult:
     """Train the shipped scenes recipe from scratch into `out`; a finished or interrupted run
     there is continued unless `fresh`."""
-    recipe = Path(__file__).parent / "assets" / "pretrained" / "scenes.json"
+    recipe = Path(__file__).parents[1] / "assets" / "pretrained" / "scenes.json"
     overrides = json.loads(recipe.read_text())["config"] if recipe.exists() else {}
     overrides.pop("preset", None)
     overrides.setdefault("train", {})["num_threads"] = None  # every core of this machine
@@ -101,8 +101,8 @@ def train_scenes(out: Path, steps: int | None = None, minutes: float | None = No
 def show_fewshot(out: Path, episodes: int = 40, progress: bool = True) -> dict:
     """Few-shot classification of the shipped CIFAR-10 sample by SmolLM2: SPAE's top word (layer 1)
     against the LQAE-style baseline's 64 words, printed with 95% intervals and chance."""
-    from spae_lab.episodes import FewShotConfig, select_settings
-    from spae_lab.fewshot import run_experiment
+    from spae_lab.reading.episodes import FewShotConfig, select_settings
+    from spae_lab.reading.fewshot import run_experiment
 
     config = FewShotConfig(ways=(2, 5), settings=select_settings(DEMO_SETTING), names=("real",),
                            decodings=("likelihood",), episodes=episodes)
@@ -123,7 +123,7 @@ def show_fewshot(out: Path, episodes: int = 40, progress: bool = True) -> dict:
 def run_notebooks(out: Path, scenes_tokenizer: str, reports_dir: str | Path, trained_steps: int | None = None,
             fewshot_episodes: int | None = None, notebook_timeout: float | None = 300) -> list:
     """Every notebook on the demo's tokenizers into `reports_dir` (tag "demo")."""
-    from spae_lab.report import find_notebooks, run_reports
+    from spae_lab.views.report import find_notebooks, run_reports
 
     # Each notebook takes the parameters it declares: the tour, token-pyramid and reconstruction
     # notebooks read the scenes tokenizer, the few-shot notebook the cifar10 pair on the shipped

@@ -8,7 +8,7 @@ status, error). A failing notebook is recorded as failed with its error; the oth
 
 Notebooks run in a kernel of the current interpreter, whatever kernels Jupyter has registered.
 HTML pages load nothing from the network (no require.js, MathJax or widget manager from a CDN;
-plotly.js is inlined by `spae_lab.viz.notebook_setup`), so they open offline (the tests open
+plotly.js is inlined by `spae_lab.views.figures.notebook_setup`), so they open offline (the tests open
 them in headless Chromium: tests/chromium.py).
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from spae_lab.errors import SpaeError
 from spae_lab.io import remove_owned
-from spae_lab.parameters import ParameterError, check_parameter
+from spae_lab.views.parameters import ParameterError, check_parameter
 
 SUCCEEDED, FAILED = "succeeded", "failed"
 KERNEL_NAME = "python3"  # resolved to the current interpreter by `_current_python_kernel`
@@ -61,7 +61,7 @@ def check_name(value: str, what: str = "--tag") -> str:
 
 def check_injected(notebook: str, declared: dict[str, dict], given: dict) -> dict:
     """`given` parameters checked against the types `declared` by the notebook's parameters cell
-    (`spae_lab.parameters`): the values to inject, or ReportError naming what is wrong."""
+    (`spae_lab.views.parameters`): the values to inject, or ReportError naming what is wrong."""
     try:
         return {name: check_parameter(name, value, declared[name]["inferred_type_name"])
                 if name in declared else value for name, value in given.items()}
@@ -94,7 +94,7 @@ class ReportRun:
 def notebooks_dir() -> Path:
     """./notebooks when it exists, else the notebooks beside the installed (editable) package."""
     here = Path.cwd() / "notebooks"
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "notebooks"
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def find_notebooks(names: Sequence[str] | None = None, folder: str | os.PathLike | None = None) -> list[Path]:

@@ -5,7 +5,7 @@
 - training: `training_curves_figure`, `LiveLossPlot` (updates one output in place in Jupyter);
 - results: `fewshot_figure`, `ablation_figure`; `notebook_setup` for plotly in notebooks.
 
-The token pyramid's own figures are in `spae_lab.pyramid_figures`.
+The token pyramid's own figures are in `spae_lab.views.pyramid_figures`.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ class LiveLossPlot:
 def fewshot_figure(summary):
     """Bars of few-shot accuracy per (method, decoding), one panel per way, with 95% CIs.
 
-    `summary`: `spae_lab.fewshot.summarize` output (one row per method, ways, names, decoding,
+    `summary`: `spae_lab.reading.fewshot.summarize` output (one row per method, ways, names, decoding,
     setting, with correct counts in `queries` * `accuracy`). Settings are pooled per bar.
     """
     import numpy as np
@@ -290,7 +290,7 @@ def fewshot_figure(summary):
 
 
 def ablation_figure(table, random_relevance: float | None = None):
-    """Two panels from an ablation table (`spae_lab.ablation.run_ablation`): held-out PSNR per
+    """Two panels from an ablation table (`spae_lab.training.ablation.run_ablation`): held-out PSNR per
     decoded depth, and the teacher's relevance of the chosen words per layer; one line per variant.
     `random_relevance`: the mean relevance of a random word, drawn as a reference line."""
     styles = {"SAQ": "-", "RQ": "--"}

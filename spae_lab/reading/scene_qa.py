@@ -149,9 +149,9 @@ def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, layers: 
     tables go to vqa.csv, captioning.csv and captions.csv there. Returns {"vqa", "captioning",
     "captions"} (`num_captions` scenes are captioned, default `num_queries`).
     """
-    from spae_lab.fewshot import TokenizerTexts
     from spae_lab.llm import load_backend
     from spae_lab.llm.cache import CachedBackend
+    from spae_lab.reading.fewshot import TokenizerTexts
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spae_lab.episodes import (
+from spae_lab.io import atomic_write_text
+from spae_lab.llm.answer import choose
+from spae_lab.llm.base import GenerationParams, LLMBackend
+from spae_lab.reading.episodes import (
     FROZEN_SETTINGS,
     NONSENSE_NAMES,
     Episode,
@@ -40,9 +43,6 @@ from spae_lab.episodes import (
     load_episodes,
     prepare_episodes,
 )
-from spae_lab.io import atomic_write_text
-from spae_lab.llm.answer import choose
-from spae_lab.llm.base import GenerationParams, LLMBackend
 from spae_lab.tables import accuracy_table, to_markdown
 
 PROMPT_FORMATS = ("spae", "v2l")

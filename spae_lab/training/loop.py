@@ -45,11 +45,13 @@ from spae_lab.checkpoint import (
 from spae_lab.config import ExperimentConfig, create_config
 from spae_lab.data import collate, make_dataset
 from spae_lab.devices import all_mean, autocast_dtype, choose_num_threads, init_distributed, pick_device
-from spae_lab.evaluate import evaluate
 from spae_lab.io import atomic_write_text, remove_owned
 from spae_lab.losses import training_losses, warmup_cosine
 from spae_lab.model import SPAE, SPAEOutput
-from spae_lab.runs import (
+from spae_lab.semantic import SemanticGuide
+from spae_lab.teacher import TeacherError
+from spae_lab.training.evaluate import evaluate
+from spae_lab.training.runs import (
     METRICS_NAME,
     RunFolder,
     append_metrics,
@@ -58,8 +60,6 @@ from spae_lab.runs import (
     resume_changes,
     truncate_metrics,
 )
-from spae_lab.semantic import SemanticGuide
-from spae_lab.teacher import TeacherError
 
 
 @dataclass
@@ -171,13 +171,19 @@ def training_step(net: torch.nn.Module, model: SPAE, optimizer: torch.optim.Opti
             loss = sum(losses.values())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
+    backward_and_step(loss, model, optimizer, cfg.train.grad_clip)
+    return loss, losses, out
+
+
+def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      grad_clip: float) -> None:
+    """Backward, gradient clipping and the optimizer step, in named profiler ranges."""
     with record_function("backward"):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
     with record_function("optimizer"):
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-    return loss, losses, out
 
 
 def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str = False,
@@ -191,7 +197,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str 
     plot: `viz.LiveLossPlot.update`); `on_figure(model, heldout, path)` writes the figure at
     `path` every `train.figure_every` steps (default: `viz.save_reconstruction_figure`).
 
-    The run folder is owned (`spae_lab.runs.RunFolder`): this process holds its lock while it
+    The run folder is owned (`spae_lab.training.runs.RunFolder`): this process holds its lock while it
     trains (another one fails at once), and a folder that already holds a run is refused
     (RunFolderError) unless it is resumed or `force` replaces it (its old files, figures included,
     removed once the new run is ready to write). `resume=True` continues from the run folder's
@@ -214,7 +220,7 @@ def _train(cfg: ExperimentConfig, folder: RunFolder, resume: bool | str, force: 
            stop_at: int | None, on_record: Callable[[list[dict]], object] | None,
            on_figure: Callable[[SPAE, Dataset, Path], object] | None) -> TrainResult:
     if on_figure is None:
-        from spae_lab.viz import save_reconstruction_figure as on_figure  # matplotlib when training
+        from spae_lab.views.figures import save_reconstruction_figure as on_figure  # matplotlib when training
 
     run_dir = folder.path
     torch.set_num_threads(cfg.train.num_threads or choose_num_threads())  # None: from cores and load
@@ -346,12 +352,15 @@ def _train(cfg: ExperimentConfig, folder: RunFolder, resume: bool | str, force: 
 
 
 def _source_digest() -> str:
-    """Digest of the library code a checkpoint depends on (figures, reports and CLI excluded)."""
+    """Digest of the library code a trained run depends on: the core modules at the package's top,
+    and the data, teacher and training packages (reading, writing, views and the CLI sit above
+    training and cannot change what it produces)."""
     digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        if path.name not in {"viz.py", "report.py", "cli.py"}:
-            digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    root = Path(__file__).parents[1]
+    files = [*root.glob("*.py"), *(path for package in ("data", "teacher", "training")
+                                   for path in (root / package).rglob("*.py"))]
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
     return digest.hexdigest()
 
 

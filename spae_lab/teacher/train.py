@@ -31,7 +31,7 @@ from spae_lab.data import (
     MNISTSample,
     SyntheticScenes,
 )
-from spae_lab.teacher import ImageTower, LiTTeacher, MiniLMTextEncoder
+from spae_lab.teacher.model import ImageTower, LiTTeacher, MiniLMTextEncoder
 
 FOLDER_TEMPLATES = ("a photo of a {}", "a blurry photo of a {}", "a picture of a {}", "a {}", "{}")
 DIGIT_TEMPLATES = ("a handwritten digit {}", "the number {}", "{}")
