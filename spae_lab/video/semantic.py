@@ -4,8 +4,11 @@ A clip has two things to say in its first words: what it shows and how it moves.
 teacher (`spae_lab.video.teacher`) scores every codebook word for a clip; each guided layer reads
 the words through its own template (`clip.word_templates`): layer 1 as a thing ("{}": "red",
 "circle"), layer 2 as a motion ("moving {}": "moving left"), so the teacher's top words differ by
-layer and layer 2's target is the direction. The loss per layer is the image one
-(`losses.semantic_loss_from_scores`: the picking vector pulled towards the layer's top-K words).
+layer and layer 2's target is the direction. The layers' targets are disjoint, later
+layers first: under "{}" a clip's top words mix "red", "circle" and "left", and layer 1 takes its
+top K among the words layer 2 does not target, so it names what the clip shows. The loss per layer
+is the image one (`losses.semantic_loss_from_scores`: the picking vector pulled towards the layer's
+top-K words).
 The training set's top words are computed once per dataset and kept on disk, as for images.
 """
 
@@ -56,7 +59,12 @@ class ClipGuide:
         the training set's tables when `indices` (B,) are given and the tables are computed."""
         if indices is not None and self.tables is not None:
             return [table[indices.cpu()].to(clips.device) for table in self.tables]
-        return [r.topk(k, dim=1).indices for r, k in zip(self.relevance(clips), self.top_k, strict=True)]
+        relevance, top = self.relevance(clips), []
+        for scores, k in zip(relevance[::-1], self.top_k[::-1], strict=True):  # later layers first
+            for taken in top:  # targets are disjoint: a later layer's words are not an earlier one's
+                scores = scores.scatter(1, taken, float("-inf"))
+            top.append(scores.topk(k, dim=1).indices)
+        return top[::-1]
 
     def cache_top_words(self, dataset, batch_size: int = 64) -> list[torch.Tensor]:
         """The top words of every clip of `dataset` (a training set), computed once and kept in

@@ -235,7 +235,7 @@ def train_clip_teacher(cfg: ClipTeacherConfig, out_dir: str | Path, progress: bo
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if (step + 1) % 50 == 0:
+        if (step + 1) % 50 == 0 or (step + 1) % cfg.checkpoint_every == 0:
             history.append({"step": step + 1, "loss": round(loss.item(), 4),
                             "minutes": round((time.monotonic() - start) / 60, 2)})
             bar.set_postfix(loss=f"{loss.item():.3f}")
