@@ -7,7 +7,8 @@ against "moving right").
 
 For each template and K: the share of held-out moving scenes whose top-K words (the codebook read
 through the template) hold the clip's direction word, its colour or shape word; and the share
-whose top word is a direction word at all. Also the zero-shot accuracies (`video.teacher.zero_shot`).
+whose top word is a direction word at all. Then the guided layers' targets as the guide sets them
+(disjoint, the later layer first: `video.semantic.ClipGuide`), and the zero-shot accuracies.
 """
 
 from __future__ import annotations
@@ -33,20 +34,34 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="held-out clips of this seed")
     parser.add_argument("--clips", type=int, default=512)
     parser.add_argument("--templates", nargs="+", default=["{}", "moving {}"])
+    parser.add_argument("--top-k", type=int, nargs="+", default=[3, 1], help="K of each guided layer (targets)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     teacher = load_clip_teacher(args.teacher)
     codebook = load_codebook(CodebookConfig())
     clips = MovingScenes(args.clips, "heldout", args.seed)
-    guide = ClipGuide(teacher, codebook, tuple(args.templates), (5,) * len(args.templates))
+    guide = ClipGuide(teacher, codebook, tuple(args.templates), (5,) * len(args.templates))  # its relevance
     report = {"teacher": args.teacher, "seed": args.seed, "clips": args.clips,
               "zero_shot": {"moving-scenes": zero_shot(teacher, clips),
                             "moving-digits": zero_shot(teacher, MovingDigits(args.clips, "heldout", args.seed))},
               "templates": {}}
     items = [clips[i] for i in range(len(clips))]
-    tops = [torch.cat(parts) for parts in zip(*(guide.top_words(torch.stack([it["video"] for it in items[s:s + 64]]))
-                                                for s in range(0, len(items), 64)), strict=True)]
+    batches = [torch.stack([it["video"] for it in items[s:s + 64]]) for s in range(0, len(items), 64)]
+    # each template's own ranking (the guide's disjoint targets are below, under "targets")
+    tops = [torch.cat(parts) for parts in zip(*([r.topk(5, dim=1).indices for r in guide.relevance(b)]
+                                                for b in batches), strict=True)]
+    targets = [torch.cat(parts) for parts in zip(*(ClipGuide(teacher, codebook, tuple(args.templates),
+                                                             tuple(args.top_k)).top_words(b) for b in batches),
+                                                 strict=True)]
+    report["targets"] = {"top_k": args.top_k}
+    for layer, ids in enumerate(targets, start=1):
+        words = [[codebook.words[i] for i in row] for row in ids.tolist()]
+        hits = [word_hits(w, it) for w, it in zip(words, items, strict=True)]
+        first = [word_hits(w[:1], it) for w, it in zip(words, items, strict=True)]
+        report["targets"][f"layer {layer}"] = {
+            "among the targets": {k: round(sum(h[k] for h in hits) / len(hits), 4) for k in hits[0]},
+            "first target": {k: round(sum(h[k] for h in first) / len(first), 4) for k in first[0]}}
     for template, top in zip(args.templates, tops, strict=True):
         words = [[codebook.words[i] for i in row] for row in top.tolist()]
         entry = {}
