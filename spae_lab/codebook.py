@@ -263,13 +263,18 @@ def _load_tokenizer_and_embeddings(source: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = str(smollm2_model_dir()) if source == "smollm2" else source
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise CodebookError(f"cannot load the language model {source!r}: the folder holds no "
+                            "config.json, so it is not a Hugging Face model folder (save_pretrained "
+                            "writes one). Give such a folder, a cached Hugging Face id, or 'smollm2'.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:  # transformers' errors for bad folders
+        reason = " ".join(str(e).split())[:300]
         raise CodebookError(
-            f"cannot load the language model {source!r}: {e}. Give a local folder, a cached Hugging "
-            "Face id, or 'smollm2' (the offline default)."
+            f"cannot load the language model {source!r}: {reason}. Give a local folder, a cached "
+            "Hugging Face id, or 'smollm2' (the offline default)."
         ) from e
     table = model.get_input_embeddings().weight.detach().float()
     return tokenizer, table

@@ -73,7 +73,7 @@ def cmd_generate(args) -> int:
             raise GenerationError("edit needs --word WORD (a codebook word to put on top)")
         result = run_edit(args.tokenizer, args.word, input=args.input, out=args.out,
                           images=args.images, seed=args.seed)
-        print(json.dumps(result["summary"], indent=2))
+        print(json.dumps(result.summary, indent=2))
         print(f"images (NAME_original.png, NAME_edited.png) and results.csv in {args.out}")
         return 0
     start, end, count = args.schedule
@@ -88,7 +88,7 @@ def cmd_generate(args) -> int:
     result = run_generation(args.task, args.tokenizer, input=args.input, out=args.out,
                             backend=args.backend, config=config, context=args.context,
                             progress=not args.quiet)
-    print(json.dumps(result["summary"], indent=2))
+    print(json.dumps(result.summary, indent=2))
     print(f"images, results.csv, prompts and the LLM cache in {args.out}")
     return 0
 
