@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from spae_lab.io import remove_links
 from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, in_order
 
 SCHEMA_VERSION = 1  # part of every key: bump it if the meaning of a stored answer changes
@@ -51,6 +52,8 @@ class ResponseCache:
         except OSError as err:
             raise LLMError(f"cannot create the folder of the LLM cache {str(self.path)!r}: "
                            f"{err.strerror or err}") from None
+        # SQLite opens these itself and would write through a link planted there
+        remove_links(*(self.path.with_name(self.path.name + end) for end in ("", "-wal", "-shm", "-journal")))
         try:
             # isolation_level=None: autocommit, every INSERT is its own committed transaction.
             self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,

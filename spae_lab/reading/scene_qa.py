@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spae_lab.data import COLORS, NUMBER_WORDS, PLURALS, SHAPES, Scene, SyntheticScenes
+from spae_lab.io import atomic_write_text
 from spae_lab.llm.answer import DECODINGS, choose, parse_open_answer
 from spae_lab.llm.base import GenerationParams, LLMBackend
 from spae_lab.tables import accuracy_table
@@ -167,7 +168,6 @@ def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, layers: 
                                               image_size=size)
     finally:
         llm.close()
-    vqa.to_csv(out_dir / "vqa.csv", index=False)
-    captioning.to_csv(out_dir / "captioning.csv", index=False)
-    captions.to_csv(out_dir / "captions.csv", index=False)
+    for name, table in (("vqa", vqa), ("captioning", captioning), ("captions", captions)):
+        atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False))
     return {"vqa": vqa, "captioning": captioning, "captions": captions}

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spae_lab.errors import SpaeError
-from spae_lab.io import remove_owned
+from spae_lab.io import atomic_write_text, remove_owned
 from spae_lab.views.parameters import ParameterError, check_parameter
 
 SUCCEEDED, FAILED = "succeeded", "failed"
@@ -197,7 +197,7 @@ def _current_python_kernel() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="spae-lab-kernel-") as root:
         spec = Path(root) / "kernels" / KERNEL_NAME
         spec.mkdir(parents=True)
-        (spec / "kernel.json").write_text(json.dumps({
+        atomic_write_text(spec / "kernel.json", json.dumps({
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                      "--IPKernelApp.log_level=ERROR"],  # no warnings about local TCP in reports
             "display_name": "Python 3 (ipykernel)", "language": "python",
@@ -237,7 +237,7 @@ def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, hide_
     node = nbformat.read(str(notebook), as_version=4)
     body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": Path(notebook).stem}})
     html_path = Path(html_path)
-    html_path.write_text(body, encoding="utf-8")
+    atomic_write_text(html_path, body)
     return html_path
 
 
@@ -316,7 +316,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
         "status": "running", **provenance(source),
         "files": {"notebook": f"{name}.ipynb", "html": f"{name}.html"},
     }
-    (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(record, indent=2, default=str))
     start = time.monotonic()
     try:
         if error is None:
@@ -335,14 +335,14 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
             error = error or f"HTML export failed: {type(exc).__name__}: {exc}"
             trace = trace or traceback.format_exc()
     if not (folder / f"{name}.html").exists():  # never ran: a page with the error instead
-        (folder / f"{name}.html").write_text(
+        atomic_write_text(folder / f"{name}.html",
             f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>"
             f"</head><body><h1>{html.escape(name)}: failed</h1><pre>{html.escape(str(error))}\n\n"
-            f"{html.escape(str(trace))}</pre></body></html>", encoding="utf-8")
+            f"{html.escape(str(trace))}</pre></body></html>")
     status = FAILED if error else SUCCEEDED
     record.update(status=status, error=error, traceback=trace, seconds=round(seconds, 2),
                   finished=dt.datetime.now().isoformat(timespec="seconds"))
-    (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(record, indent=2, default=str))
     return ReportRun(name, tag, folder, status, seconds, parameters, error)
 
 
@@ -476,5 +476,5 @@ def write_index(reports_dir: str | os.PathLike = "reports") -> Path:
         "</body></html>",
     ])
     path = reports_dir / "index.html"
-    path.write_text(body, encoding="utf-8")
+    atomic_write_text(path, body)
     return path
