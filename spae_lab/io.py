@@ -134,6 +134,24 @@ def writable_target(target: str | os.PathLike, within: str | os.PathLike | None 
     return target
 
 
+def describe_os_error(error: OSError) -> str | None:
+    """One line a person can act on for the OSErrors of a path in the wrong shape (a file where a
+    folder should be, a name too long), which Python words as "[Errno 17] File exists: 'x'";
+    None for the others (their own text says what happened)."""
+    if error.filename is None:
+        return None
+    path = Path(os.fsdecode(error.filename))
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = _first_file_on(path)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder (it is in the way of {path})"
+    if error.errno == errno.ENAMETOOLONG:
+        longest = max(path.parts, key=lambda part: len(os.fsencode(part)))
+        return (f"the file name {longest[:40]}... is {len(os.fsencode(longest))} bytes long, over the "
+                f"{MAX_NAME_BYTES}-byte limit of file names")
+    return None
+
+
 def _temporary_in(folder: Path, name: str) -> tuple[int, Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{name[:_TMP_NAME_CHARS]}.", suffix=".tmp", dir=folder)
     return fd, Path(tmp)

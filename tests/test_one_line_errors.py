@@ -120,3 +120,12 @@ def test_edit_on_images_without_classes_judges_among_the_tokenizers_classes(tiny
     model.experiment_config.data.dataset = str(tmp_path / "gone")  # no classes anywhere: refused
     with pytest.raises(GenerationError, match="no class folders"):
         judge_names(model, data, "cat")
+
+
+@pytest.mark.parametrize("below", ["", "sub"], ids=["the file", "below the file"])
+def test_a_file_in_the_way_of_out_names_it(tmp_path, capsys, below):
+    """Any command whose --out is (or lies below) a file says so, instead of "[Errno 17] File exists"."""
+    (tmp_path / "f").write_text("x")
+    assert main(["report", "--index-only", "--out", str(tmp_path / "f" / below)]) == 2
+    line = _one_error_line(capsys, "report")
+    assert f"{tmp_path / 'f'} is a file, not a folder" in line and "Errno" not in line
