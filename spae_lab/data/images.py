@@ -36,7 +36,8 @@ IMAGE_EXTENSIONS = frozenset(
 # is about 6000 x 4000). Past them an image is refused like any unreadable file.
 MAX_IMAGE_SIDE = 16384  # px, either side
 MAX_IMAGE_PIXELS = 8192 * 8192  # 67 M pixels: 200 MB decoded as RGB
-MAX_ASPECT_RATIO = 20  # longer side / shorter side (the center crop keeps the shorter side's square)
+# longer side / shorter side: a 3 x 400 strip still reads (its centre square), a 1 x 16384 line not
+MAX_ASPECT_RATIO = 256
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WHITE = (255, 255, 255, 255)
 
