@@ -158,7 +158,7 @@ def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device =
     (`spae_lab.paths.find_path`): a notebook kernel running in `notebooks/` finds `runs/demo`.
     """
     path = Path(path_or_name)
-    if pretrained.is_shipped_name(path_or_name):
+    if pretrained.is_shipped_name(path_or_name) or (not path.exists() and str(path_or_name) in pretrained.available()):
         if path.exists():
             warnings.warn(f"{path_or_name!r} is read as the shipped tokenizer; write ./{path_or_name} "
                           f"for the run folder of that name", stacklevel=2)

@@ -29,6 +29,8 @@ from spae_lab.generate import run_generation
 from spae_lab.generate.outputs import (
     MAX_OUTPUT_SIDE,
     MAX_STEM_BYTES,
+    GenerationFolder,
+    GenerationFolderError,
     output_names,
     output_size,
 )
@@ -278,3 +280,22 @@ def test_a_1_by_170m_pixel_png_ends_in_one_line_within_3_gb(tiny_tokenizer_run, 
     assert proc.returncode == 2, proc.stderr
     assert lines[-1].startswith("spae-lab generate: error: no readable image") and "1 x 170000000 pixels" in lines[-1]
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr
+
+
+def test_a_run_of_an_older_version_is_refused_and_force_removes_its_images(tmp_path):
+    """Folders written before --out was owned: config.json without an identity, results.csv naming
+    the images. Refused without force; force removes the images its rows name, nothing else."""
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"task": "inpaint", "config": {}}))
+    (out / "results.csv").write_text("image,task\nold1,inpaint\nold2,inpaint\n")
+    for name in ("old1_corrupted.png", "old1_generated.png", "old2_generated.png", "mine.png"):
+        (out / "images" / name).write_bytes(b"png")
+    folder = GenerationFolder(out)
+    with pytest.raises(GenerationFolderError, match="an older spae-lab"):
+        folder.claim({"task": "class"}, ["000_class_0.png"])
+    assert not (out / ".lock").exists()  # the refusal let go of the folder
+    folder.claim({"task": "class"}, ["000_class_0.png"], force=True)
+    folder.release()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["mine.png"]
+    assert json.loads((out / "config.json").read_text())["identity"]["task"] == "class"

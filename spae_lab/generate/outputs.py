@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 from collections.abc import Sequence
@@ -131,6 +132,8 @@ class GenerationFolder:
             has_files = any((self.path / name).exists() for name in RUN_FILES) or \
                 any((self.path / IMAGES).glob("*.png"))
             return {} if has_files else None
+        if isinstance(record, dict) and "task" in record and "identity" not in record:
+            return {"written by": "an older spae-lab, which recorded no run identity"}
         return record.get("identity", {}) if isinstance(record, dict) else {}
 
     def claim(self, identity: dict, outputs: Sequence[str], force: bool = False) -> None:
@@ -145,7 +148,7 @@ class GenerationFolder:
                     raise GenerationFolderError(
                         f"{self.path} holds {_difference(recorded, identity)}: --force to replace it "
                         "(run_generation(..., force=True)), or another --out")
-                self._clear(recorded.get("outputs", []))
+                self._clear(recorded.get("outputs") or self._listed_outputs())
             for folder in (self.path, self.path / IMAGES):
                 remove_stale_temporaries(folder)  # debris of killed writers: none can be alive
             atomic_write_text(self.path / CONFIG, json.dumps({"identity": identity}, indent=2),
@@ -154,6 +157,16 @@ class GenerationFolder:
             self.lock.release()
             raise
         self.identity = identity
+
+    def _listed_outputs(self) -> list[str]:
+        """The image files the rows of results.csv name (a run that recorded no outputs)."""
+        try:
+            with open(self.path / "results.csv", newline="") as f:
+                names = [row.get("image") for row in csv.DictReader(f)]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return []
+        suffixes = ("_corrupted.png", "_generated.png", "_original.png", "_edited.png", ".png")
+        return [f"{name}{suffix}" for name in names if name for suffix in suffixes]
 
     def _clear(self, outputs: Sequence[str]) -> None:
         """Remove another run's files: its run files and its images, nothing else."""
@@ -179,6 +192,8 @@ def _difference(recorded: dict, wanted: dict) -> str:
     """'another run (task inpaint, not class; outputs: 20 images, not 5)' for the refusal."""
     if not recorded:
         return "files this generation did not write (no generate config.json)"
+    if "written by" in recorded:
+        return f"a run written by {recorded['written by']}"
     parts = []
     for key in sorted(recorded.keys() | wanted.keys()):
         old, new = recorded.get(key), wanted.get(key)

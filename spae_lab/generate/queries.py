@@ -48,7 +48,7 @@ def load_images(spec, model):
     """A Dataset for `spec`: None (the tokenizer's held-out data), a built-in dataset name (its
     held-out split), a folder or tar archive (all of it), or a Dataset as it is. A built-in name
     wins over a folder of that name in the working folder; write `./digits` for the folder."""
-    from spae_lab.data import DATASETS, make_dataset
+    from spae_lab.data import DATASETS, ImageFolderDataset, make_dataset
 
     if spec is None:
         return default_dataset(model)
@@ -58,8 +58,10 @@ def load_images(spec, model):
     if named and Path(spec).exists():
         warnings.warn(f"{spec!r} is read as the built-in dataset; write ./{spec} for the folder or "
                       f"archive of that name", stacklevel=2)
-    return make_dataset(spec if named else Path(spec), model.config.image_size,
-                        split="heldout" if named else "all", seed=model.experiment_config.train.seed)
+    size, seed = model.config.image_size, model.experiment_config.train.seed
+    if not named and Path(spec).expanduser().exists():  # a path, even one named like a dataset
+        return ImageFolderDataset(Path(spec).expanduser(), size, split="all", seed=seed)
+    return make_dataset(spec, size, split="heldout", seed=seed)  # a name (or an error naming them)
 
 
 @dataclass
