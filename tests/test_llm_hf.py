@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_llm import CHOICES
 
-from spae_lab.llm.base import GenerationParams, LLMError
+from spae_lab.llm.base import GenerationParams, LLMError, cut_at_stop
 from spae_lab.llm.hf import HFBackend, build_trie
 
 
@@ -96,8 +96,8 @@ def test_stop_strings_cut(backend):
     stop = text[3:5]
     cut = backend.generate([prompt], GenerationParams(max_new_tokens=12, stop=("zzz", stop)))[0]
     assert cut == text[: text.index(stop)]
-    assert HFBackend._cut_at_stop("ab\ncd.ef", (".", "\n")) == "ab"
-    assert HFBackend._cut_at_stop("abc", ("\n",)) == "abc"
+    assert cut_at_stop("ab\ncd.ef", (".", "\n")) == "ab"
+    assert cut_at_stop("abc", ("\n",)) == "abc"
     assert backend.generate(["a"], GenerationParams(max_new_tokens=0)) == [""]
 
 

@@ -112,7 +112,7 @@ def show_fewshot(out: Path, episodes: int = 40, progress: bool = True) -> dict:
     result = run_experiment(out, "cifar10", baseline="cifar10-lqae", dataset="cifar10-sample",
                             max_per_class=None, references=("teacher",), config=config,
                             progress=progress)
-    for row in result["summary"].itertuples():
+    for row in result.summary.itertuples():
         chance = 1 / row.ways
         verdict = "above chance" if row.ci_low > chance else "NOT above chance"
         print(f"  {row.ways}-way {row.method:32s} {100 * row.accuracy:5.1f}% "

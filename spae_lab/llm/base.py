@@ -68,6 +68,13 @@ class CallStats:
         self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """`text` up to (without) its earliest stop string: every backend cuts client-side too,
+    because servers may ignore some stops or take only a few."""
+    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
 def in_order(pairs, count: int) -> list:
     """(index, answer) pairs that arrive in any order -> the answers as a list in index order."""
     answers = dict(pairs)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, check_int
+from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, check_int, cut_at_stop
 from spae_lab.llm.hf_load import SMOLLM2, load_model
 
 
@@ -53,32 +53,24 @@ def build_trie(token_ids: list[list[int]]) -> _TrieNode:
     return root
 
 
-def _pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (len(rows), max length) int64, rows left-aligned, mask 1 on real tokens."""
+def _pad(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (len(rows), max length) int64, mask 1 on real tokens. Rows are
+    left-aligned (padding on the right), or right-aligned with `left` (padding on the left, so the
+    next token of every row comes last)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
-def _pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) like `_pad_right` but right-aligned: the next token of every row comes last."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, cols] = torch.tensor(row, dtype=torch.long)
+        mask[i, cols] = 1
     return ids, mask
 
 
 def _sum_token_logprobs(logprobs: torch.Tensor, targets: list[list[int]]) -> list[float]:
     """Sum of log p(targets[i][j]) read from logprobs[i, j]: logprobs (B, T, V) float32 with
     T >= max len(targets); positions past a row's own length are ignored."""
-    ids, mask = _pad_right(targets, 0)
+    ids, mask = _pad(targets, 0)
     ids, mask = ids.to(logprobs.device), mask.to(logprobs.device)
     picked = logprobs[:, : ids.shape[1]].gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return (picked * mask).sum(-1).tolist()
@@ -210,7 +202,7 @@ class HFBackend(LLMBackend):
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             targets = [continuations[i] for i in chunk]
-            ids, mask = _pad_right([context + t for t in targets], self._pad_id)
+            ids, mask = _pad([context + t for t in targets], self._pad_id)
             # The last max_len + 1 positions hold every prediction of a continuation token:
             # position len(context) - 1 + j predicts continuation token j.
             keep = max(len(t) for t in targets) + 1
@@ -237,7 +229,7 @@ class HFBackend(LLMBackend):
             if longest == 1:  # single-token candidates need no forward at all
                 logprobs = first
             else:
-                ids, mask = _pad_right([t[:-1] for t in targets], self._pad_id)
+                ids, mask = _pad([t[:-1] for t in targets], self._pad_id)
                 mask = torch.cat([torch.ones(len(chunk), past, dtype=torch.long), mask], dim=1)
                 logits, _ = self._forward(ids, mask, cache=self._expand_cache(cache, len(chunk)))
                 logprobs = torch.cat([first, logits.float().log_softmax(-1)], dim=1)
@@ -369,7 +361,7 @@ class HFBackend(LLMBackend):
     def _decoder(self, contexts: list[list[int]]):
         """Batched incremental greedy decoding over left-padded contexts. A generator: it yields
         the next-token logits (B, V) float32 and receives the tokens (B,) to append."""
-        ids, mask = _pad_left(contexts, self._pad_id)
+        ids, mask = _pad(contexts, self._pad_id, left=True)
         # Left padding shifts the rows: positions count real tokens only.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         # The decoding steps are not counted: the caller counts one request per batch.
@@ -407,14 +399,8 @@ class HFBackend(LLMBackend):
                 break
             logits = decoder.send(tokens)
         decoder.close()
-        return [self._cut_at_stop(self.tokenizer.decode(g, skip_special_tokens=True), params.stop)
+        return [cut_at_stop(self.tokenizer.decode(g, skip_special_tokens=True), params.stop)
                 for g in generated]
-
-    @staticmethod
-    def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
-        """`text` up to (without) its earliest stop string."""
-        cut = min((text.find(s) for s in stops if s and s in text), default=len(text))
-        return text[:cut]
 
     def _generate_constrained(self, decoder, rows: int, root: _TrieNode) -> list[int]:
         """Index of the choice each of the decoder's `rows` contexts decodes to (see generate for

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -63,7 +64,7 @@ def _answer(backend: LLMBackend, prefix: str, queries: list[str], answers: tuple
     return [None if i is None else answers[i] for i in chosen]
 
 
-def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
+def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend, *,
             num_examples: int = 8, num_queries: int = 60, decodings: tuple[str, ...] = DECODINGS,
             seed: int = 0, image_size: int = 32, progress: bool = True
             ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -115,7 +116,7 @@ def caption_scores(caption: str, scene: Scene) -> dict[str, bool]:
             "exact caption": parse_open_answer(caption) == scene.caption.lower()}
 
 
-def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
+def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend, *,
                    num_examples: int = 8, num_queries: int = 60, seed: int = 0,
                    image_size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Caption `num_queries` held-out scenes from their words. Returns (captions, scores)."""
@@ -139,15 +140,24 @@ def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBac
     return pd.DataFrame(rows), accuracy_table(records, ["criterion"])
 
 
-def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, layers: int = 2,
+@dataclass
+class SceneQAResult:
+    """VQA and captioning of held-out scenes (`run_scene_qa`)."""
+
+    vqa: pd.DataFrame  # accuracy with 95% CI per (question, method, decoding)
+    captioning: pd.DataFrame  # share of captions naming the colour, the shape, both; exact ones
+    captions: pd.DataFrame  # one row per captioned scene: its words, the caption, the truth
+
+
+def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, *, layers: int = 2,
                  num_examples: int = 8, num_queries: int = 60, num_captions: int | None = None,
                  decodings: tuple[str, ...] = DECODINGS, seed: int = 0,
-                 progress: bool = True) -> dict[str, pd.DataFrame]:
+                 progress: bool = True) -> SceneQAResult:
     """VQA and captioning of held-out scenes by an LLM reading `model`'s first `layers` layers.
 
     The LLM's answers are cached in `out_dir/llm_cache.sqlite` (a rerun asks nothing new); the
-    tables go to vqa.csv, captioning.csv and captions.csv there. Returns {"vqa", "captioning",
-    "captions"} (`num_captions` scenes are captioned, default `num_queries`).
+    tables go to vqa.csv, captioning.csv and captions.csv there (`num_captions` scenes are
+    captioned, default `num_queries`).
     """
     from spae_lab.llm import load_backend
     from spae_lab.llm.cache import CachedBackend
@@ -170,4 +180,4 @@ def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, layers: 
     vqa.to_csv(out_dir / "vqa.csv", index=False)
     captioning.to_csv(out_dir / "captioning.csv", index=False)
     captions.to_csv(out_dir / "captions.csv", index=False)
-    return {"vqa": vqa, "captioning": captioning, "captions": captions}
+    return SceneQAResult(vqa, captioning, captions)
