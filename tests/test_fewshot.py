@@ -266,9 +266,9 @@ def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
     assert key not in proc.stdout + proc.stderr
 
 
-class _PriorBackend:
+class _PriorBackend(LLMBackend):
     """Scores that favour the first name by a constant, whatever the image: what a prompt's
-    recency or a short name does to summed log-probabilities."""
+    recency or a short name does to summed log-probabilities (ranked by LLMBackend's default)."""
 
     def score_shared_prefix(self, prefix, queries, continuations):
         rows = []

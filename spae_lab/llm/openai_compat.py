@@ -33,12 +33,9 @@ Choices: an OpenAI-compatible server cannot be constrained to a set of answers p
 stripped, lower-cased text, else the longest choice the text starts with. Text that matches no
 choice is returned as is (it then scores as wrong, which is what it is).
 
-Log-likelihoods use the legacy completions trick (`echo=True, logprobs=1, max_tokens=0`, as vLLM
-and OpenAI's legacy models allow): the server scores prompt + continuation and returns each token's
-log-probability and character offset; the continuation's score is the sum over the tokens that
-overlap it. A token that straddles the prompt/continuation boundary (prompt "is a " + "cat"
-tokenized as " cat") is counted, because the continuation cannot be produced without it. Only the
-completions endpoint can do this (`supports_loglikelihood`).
+Log-likelihoods (completions endpoint only, `supports_loglikelihood`) come from prompt logprobs
+(`echo`) or from the top logprobs of one generated token (`next-token`), whichever the server
+gets right: see `spae_lab.llm.openai_scoring`.
 """
 
 from __future__ import annotations
@@ -62,9 +59,9 @@ from spae_lab.llm.base import (
     cut_at_stop,
     in_order,
 )
+from spae_lab.llm.openai_scoring import SCORINGS, ScoringRequests
 from spae_lab.llm.replies import (
     RetryableReply,
-    parse_continuation_logprob,
     parse_text,
     redact_key,
     redact_reply,
@@ -102,7 +99,7 @@ class _Cancelled(Exception):
     """The batch this request belonged to already failed; stop retrying."""
 
 
-class OpenAIBackend(LLMBackend):
+class OpenAIBackend(ScoringRequests, LLMBackend):
     """Generation and (completions endpoint) scoring through an OpenAI-compatible server."""
 
     kind = "openai"
@@ -111,7 +108,8 @@ class OpenAIBackend(LLMBackend):
                  endpoint: str = "completions", timeout: float = 60.0, connect_timeout: float = 5.0,
                  max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
                  connect_retries: int = 2, connect_backoff: float = 0.25, concurrency: int = 4,
-                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, seed: int | None = None):
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, seed: int | None = None,
+                 scoring: str = "auto", top_logprobs: int = 20):
         """Args:
             base_url: API root, e.g. "http://127.0.0.1:8000/v1"; http(s) only, no credentials.
             model: the model name the server knows.
@@ -128,6 +126,11 @@ class OpenAIBackend(LLMBackend):
             concurrency: requests in flight at once (a thread pool shared by all calls), 1 to 256.
             max_reply_bytes: longest reply accepted; a longer one is an LLMError.
             seed: seeds the backoff jitter (reproducible timings in tests).
+            scoring: how continuations are scored (see the module doc): "echo" (prompt logprobs),
+                "next-token" (the top `top_logprobs` next tokens, one request per token read),
+                or "auto": echo, unless a probe finds the server's echoed logprobs one position
+                late (llama-cpp-python's server), then next-token.
+            top_logprobs: next-token scoring: how many of the likeliest next tokens to ask for.
         """
         super().__init__()
         if endpoint not in ENDPOINTS:
@@ -138,6 +141,10 @@ class OpenAIBackend(LLMBackend):
         check_int("max_retries", max_retries, 0)
         check_int("connect_retries", connect_retries, 0)
         check_int("max_reply_bytes", max_reply_bytes, 1)
+        check_int("top_logprobs", top_logprobs, 1)
+        if scoring not in SCORINGS:
+            raise LLMError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+        self.scoring, self.top_logprobs = scoring, top_logprobs
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             check_seconds(name, value, positive=True)
         for name, value in (("backoff", backoff), ("max_backoff", max_backoff),
@@ -194,10 +201,7 @@ class OpenAIBackend(LLMBackend):
         yield from self._run(tasks)
 
     def loglikelihood(self, prompt: str, continuations: list[str]) -> list[float]:
-        self._require_scoring()
-        tasks = {j: (lambda cancel, c=c: self._score_one(prompt, c, cancel))
-                 for j, c in enumerate(continuations)}
-        return in_order(self._run(tasks), len(continuations))
+        return self.score_shared_prefix(prompt, [""], continuations)[0]
 
     def score_shared_prefix(self, prefix: str, queries: list[str],
                             continuations: list[str]) -> list[list[float]]:
@@ -212,6 +216,11 @@ class OpenAIBackend(LLMBackend):
         self._require_scoring()
         if not continuations:
             yield from ((i, []) for i in range(len(queries)))
+            return
+        if self._scoring_mode() == "next-token":  # one task per query: its requests shared
+            for i, scores in self._run({i: (lambda cancel, q=q: self._score_next_tokens(
+                    prefix + q, continuations, cancel)) for i, q in enumerate(queries)}):
+                yield i, scores
             return
         tasks = {(i, j): (lambda cancel, q=q, c=c: self._score_one(prefix + q, c, cancel))
                  for i, q in enumerate(queries) for j, c in enumerate(continuations)}
@@ -237,14 +246,6 @@ class OpenAIBackend(LLMBackend):
         text = self._post(body, parse_text(self.endpoint), cancel)
         text = cut_at_stop(text, params.stop)
         return snap_to_choice(text, choices) if choices else text
-
-    def _score_one(self, prompt: str, continuation: str, cancel: threading.Event) -> float:
-        if not continuation:
-            return 0.0
-        body = {"model": self.model, "prompt": prompt + continuation, "max_tokens": 0,
-                "temperature": 0.0, "echo": True, "logprobs": 1}
-        return self._post(body, parse_continuation_logprob(len(prompt), len(prompt + continuation)),
-                          cancel, scoring=True)
 
     def _require_scoring(self) -> None:
         if not self.supports_loglikelihood:
@@ -423,6 +424,6 @@ class OpenAIBackend(LLMBackend):
         elif resp.status_code == 404:
             msg += f"; check base_url (usually ends in /v1) and model {self.model!r}"
         if scoring:
-            msg += ("; scoring needs a completions server that accepts echo=True with logprobs "
-                    "and max_tokens=0 (vLLM does); otherwise use generation")
+            msg += ("; scoring needs a completions server that returns logprobs (echo=True with "
+                    "logprobs=1, or logprobs=N for a generated token); otherwise use generation")
         return msg

@@ -146,6 +146,39 @@ def parse_continuation_logprob(start: int, end: int) -> Callable[[object], float
     return parse
 
 
+def _checked_top(top, where: str) -> dict[str, float]:
+    if not isinstance(top, dict) or not top:
+        raise LLMError(f"the server's top_logprobs {where} is {shown(top)}, not an object of "
+                       "token -> logprob; it cannot score continuations this way")
+    return {str(token): _checked_logprob(value, 0) for token, value in top.items()}
+
+
+def parse_top_logprobs(reply) -> dict[str, float]:
+    """The top next tokens (text -> logprob) of a plain completion's first generated token."""
+    lp = first_choice(reply).get("logprobs")
+    tops = lp.get("top_logprobs") if isinstance(lp, dict) else None
+    if not isinstance(tops, list) or not tops:
+        raise LLMError("the server returned no top_logprobs for the generated token (logprobs=N); "
+                       f"it cannot score continuations, use generation instead ({shown(lp)})")
+    return _checked_top(tops[0], "of the first generated token")
+
+
+def parse_echo_top_logprobs(end: int) -> Callable[[object], dict[str, float]]:
+    """From an echo reply: the top logprobs listed at the last token starting before `end`."""
+    def parse(reply) -> dict[str, float]:
+        lp = first_choice(reply).get("logprobs")
+        tops = lp.get("top_logprobs") if isinstance(lp, dict) else None
+        offsets = lp.get("text_offset") if isinstance(lp, dict) else None
+        if not isinstance(tops, list) or not isinstance(offsets, list) or len(tops) != len(offsets):
+            raise LLMError("the server did not return prompt logprobs (echo=True, logprobs=1); "
+                           f"it cannot score continuations, use generation instead ({shown(lp)})")
+        inside = [i for i, off in enumerate(offsets) if _is_number(off) and off < end]
+        if not inside:
+            raise LLMError(f"the server's echo holds no token before character {end}")
+        return _checked_top(tops[inside[-1]], f"at echoed token {inside[-1]}")
+    return parse
+
+
 def snap_to_choice(text: str, choices: list[str]) -> str:
     """The choice the generated text names, else the text itself (scored as wrong).
 
