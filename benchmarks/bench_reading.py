@@ -15,8 +15,9 @@ query ranked over the class names. Every engine reads the same prompts in one ru
   weights), the prefix evaluated once, each query after it on llama.cpp's cache.
 
 Tokens/s counts the distinct prompt tokens (each prefix once, each query once): the work no
-engine can skip. Every engine starts each episode cold (HF's kept prefixes are cleared). Timings
-are interleaved medians; on a shared machine the ratios are the numbers to read.
+engine can skip. Every engine starts each episode cold (HF's kept prefixes are cleared). Engines
+take turns episode by episode (their order rotating); each episode's time is the median of
+`--repeats`. On a shared machine the ratios are the numbers to read.
 
     .venv/bin/python benchmarks/bench_reading.py [--episodes 3] [--threads 1] [--repeats 1]
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_times, load_average, write_results  # noqa: E402
+from _common import load_average, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -217,32 +218,29 @@ def main() -> None:
     rates = {"fp32": matmul_rate(torch.float32, config.hidden_size, config.intermediate_size),
              "bf16": matmul_rate(torch.bfloat16, config.hidden_size, config.intermediate_size)}
 
-    answers: dict[str, list[list[int]]] = {}
-
-    def engine(name, rank, before_each=lambda: None):
-        def run():
-            answers[name] = []
-            for e in episodes:
-                before_each()
-                answers[name].append(rank(e["prefix"], e["queries"], e["names"], e["content_free"]))
-        return run
-
-    def cold(backend):
-        return backend._prefixes.clear  # every episode's prefix read anew
-
-    engines = {
-        "HF as it was": engine("HF as it was", lambda *a: rank_before(hf, *a)),
-        "HF now": engine("HF now", hf.rank_shared_prefix, cold(hf)),
-        "HF now, bf16": engine("HF now, bf16", hf_bf16.rank_shared_prefix, cold(hf_bf16)),
-    }
+    engines = {"HF as it was": lambda *a: rank_before(hf, *a),
+               "HF now": hf.rank_shared_prefix, "HF now, bf16": hf_bf16.rank_shared_prefix}
     if importlib.util.find_spec("llama_cpp") is not None:
-        ranker = LlamaCppRanker(args.threads)
-        engines["llama.cpp in-process (Q4_1 GGUF)"] = engine("llama.cpp in-process (Q4_1 GGUF)",
-                                                               ranker.rank)
+        engines["llama.cpp in-process (Q4_1 GGUF)"] = LlamaCppRanker(args.threads).rank
+    answers: dict[str, list[list[int]]] = {name: [] for name in engines}
+    seconds = dict.fromkeys(engines, 0.0)
     load_before = load_average()
+    # Interleaved episode by episode, the engines' order rotating, so that a load change on a
+    # shared machine hits every engine alike; every episode starts cold (no kept prefix).
     with torch.inference_mode():
-        times = interleaved_times(engines, args.repeats, warmup=0)
-    seconds = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        for index, e in enumerate(episodes):
+            names = list(engines)
+            names = names[index % len(names):] + names[:index % len(names)]
+            for name in names:
+                times = []
+                for _ in range(args.repeats):
+                    hf._prefixes.clear()
+                    hf_bf16._prefixes.clear()
+                    start = time.perf_counter()
+                    got = engines[name](e["prefix"], e["queries"], e["names"], e["content_free"])
+                    times.append(time.perf_counter() - start)
+                seconds[name] += sorted(times)[len(times) // 2]
+                answers[name].append(got)
     base = seconds["HF as it was"]
     floor = {k: flops / rate for k, rate in rates.items()}
 

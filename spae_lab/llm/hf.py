@@ -40,7 +40,7 @@ from spae_lab.llm.base import (
     check_int,
 )
 from spae_lab.llm.decoding import build_trie, greedy_constrained, greedy_open
-from spae_lab.llm.hf_load import SMOLLM2, load_model
+from spae_lab.llm.hf_load import SMOLLM2, check_model_path, load_model
 from spae_lab.llm.hf_packing import NO_PARENT, Packing, chunks_by_tokens
 
 
@@ -73,11 +73,14 @@ class HFBackend(LLMBackend):
     `model`: "smollm2" (the offline SmolLM2-135M-Instruct), a local folder, or a hub id.
     `use_prefix_cache`: `score_shared_prefix` reuses the prefix's key/value cache (fast path);
     False runs every (query, continuation) from scratch (the reference the fast path must match).
-    `batch_size`: most rows in one forward call (candidates, continuations, prompts).
+    `batch_size`: most rows in one forward call (continuations from scratch, prompts).
+    `pack_tokens`: about how many query and candidate tokens one packed forward call reads.
+    `kept_prefixes`: how many recent prefixes keep their key/value cache.
+    `lazy`: load the weights on first use, not now (a rerun whose answers are all in a
+    `CachedBackend`'s file then never loads them); the model path is checked now either way.
 
-    `stats.requests` counts forward batches: one per scoring forward call (prefix, query, candidate
-    chunk, continuation chunk) and one per chunk of prompts in `generate` (its decoding steps
-    included).
+    `stats.requests` counts forward batches: one per scoring forward call (prefix, packed chunk,
+    continuation chunk) and one per chunk of prompts in `generate` (its decoding steps included).
     """
 
     kind = "hf"
@@ -85,7 +88,8 @@ class HFBackend(LLMBackend):
 
     def __init__(self, model: str = SMOLLM2, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, use_prefix_cache: bool = True,
-                 batch_size: int = 16, pack_tokens: int = 1024, kept_prefixes: int = 2) -> None:
+                 batch_size: int = 16, pack_tokens: int = 1024, kept_prefixes: int = 2,
+                 lazy: bool = False) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
         check_int("pack_tokens", pack_tokens, 1)
@@ -97,7 +101,30 @@ class HFBackend(LLMBackend):
         self.dtype = dtype
         self.use_prefix_cache = use_prefix_cache
         self.batch_size = batch_size
-        self.tokenizer, self.lm = load_model(model, self.device, dtype)
+        if lazy:  # a bad path still fails here; the weights wait until a question needs them
+            check_model_path(model)
+        else:
+            self._load()
+
+    # Attributes that exist once the model is loaded (`lazy=True` loads it on first use).
+    _LOADED = frozenset({"tokenizer", "lm", "_bos", "_pad_id", "_eos_ids", "_cache_arg",
+                         "_keep_arg"})
+
+    def __getattr__(self, name: str):
+        if name in HFBackend._LOADED and not self.__dict__.get("_loading"):
+            self._load()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _load(self) -> None:
+        self._loading = True  # (attributes read while loading must not load again)
+        try:
+            self._load_model()
+        finally:
+            self._loading = False
+
+    def _load_model(self) -> None:
+        self.tokenizer, self.lm = load_model(self.model, self.device, self.dtype)
         self._bos = self._bos_prefix()
         self._pad_id = self._first_id(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0)
         self._eos_ids = self._stop_token_ids()

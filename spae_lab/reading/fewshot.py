@@ -234,22 +234,36 @@ def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]]
                             "setting": setting.label, "episode": episode_id, "image": key,
                             "truth": truth, "prediction": pred, "correct": pred == truth})
 
+    if cfg.calibration not in CALIBRATIONS:
+        raise FewShotError(f"calibration must be one of {CALIBRATIONS}, got {cfg.calibration!r}")
     jobs = [(m, w, n, d, s) for m in readers for w in cfg.ways for n in cfg.names
             for d in cfg.decodings for s in cfg.settings]
+    # Asked episode by episode (its settings, shortest prompt first, and decodings together), so
+    # a backend that keeps recent prefixes reads each shared support set once; recorded in the
+    # order of `jobs`.
+    answers: dict[tuple, list] = {}
     bar = tqdm(total=len(jobs) * cfg.episodes, desc="few-shot episodes", disable=not progress)
+    for method, ways, names in dict.fromkeys((m, w, n) for m, w, n, _, _ in jobs):
+        for shots in sorted({s.shots for s in cfg.settings}):
+            group = sorted((s for s in cfg.settings if s.shots == shots),
+                           key=lambda s: (s.induction, s.repeats))
+            for i, episode in enumerate(episodes[f"{ways}way-{shots}shot"]):
+                shown = class_names(episode, classes, names)
+                support = [(texts[method][k], shown[p]) for k, p in episode.support]
+                for setting in group:
+                    prefix, queries = build_prompt(
+                        support, [texts[method][k] for k, _ in episode.queries] + [CONTENT_FREE_TEXT],
+                        shown, setting, cfg.prompt_format)
+                    content_free = queries.pop()
+                    for decoding in cfg.decodings:
+                        answers[method, ways, names, decoding, setting, i] = predict(
+                            backend, prefix, queries, shown, decoding,
+                            content_free if cfg.calibration == "content-free" else None)
+                        bar.update(1)
     for method, ways, names, decoding, setting in jobs:
         for i, episode in enumerate(episodes[f"{ways}way-{setting.shots}shot"]):
-            shown = class_names(episode, classes, names)
-            support = [(texts[method][k], shown[p]) for k, p in episode.support]
-            prefix, queries = build_prompt(support, [texts[method][k] for k, _ in episode.queries]
-                                           + [CONTENT_FREE_TEXT], shown, setting, cfg.prompt_format)
-            content_free = queries.pop()
-            if cfg.calibration not in CALIBRATIONS:
-                raise FewShotError(f"calibration must be one of {CALIBRATIONS}, got {cfg.calibration!r}")
-            preds = predict(backend, prefix, queries, shown, decoding,
-                            content_free if cfg.calibration == "content-free" else None)
-            record(method, ways, names, decoding, setting, i, episode, preds)
-            bar.update(1)
+            record(method, ways, names, decoding, setting, i, episode,
+                   answers[method, ways, names, decoding, setting, i])
     bar.close()
 
     # No-LLM references: names, decoding and induction do not matter; repeats add no new image.
@@ -344,7 +358,7 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
     LQAE-style `baseline` tokenizer (one layer, no semantic loss), no-LLM references; episodes,
     LLM cache and tables under `out_dir`. Returns every field of the `FewShotResult`."""
     from spae_lab.checkpoint import load_tokenizer
-    from spae_lab.llm import load_backend
+    from spae_lab.llm import load_lazily
     from spae_lab.llm.cache import CachedBackend
 
     config = config or FewShotConfig()
@@ -365,8 +379,7 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
             feature_fns["teacher"] = teacher_features(model.experiment_config.semantic.teacher)
         else:
             raise FewShotError(f"unknown reference {name!r}: use 'pixels' or 'teacher'")
-    inner = load_backend(backend) if isinstance(backend, str) else backend
-    llm = CachedBackend(inner, out / "llm_cache.sqlite")
+    llm = CachedBackend(load_lazily(backend), out / "llm_cache.sqlite")
     try:
         result = run_fewshot(data, readers, llm, config, episodes_path=out / "episodes.json",
                              references=feature_fns, progress=progress)

@@ -159,14 +159,13 @@ def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, *, layer
     tables go to vqa.csv, captioning.csv and captions.csv there (`num_captions` scenes are
     captioned, default `num_queries`).
     """
-    from spae_lab.llm import load_backend
+    from spae_lab.llm import load_lazily
     from spae_lab.llm.cache import CachedBackend
     from spae_lab.reading.fewshot import TokenizerTexts
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    llm = CachedBackend(load_backend(backend) if isinstance(backend, str) else backend,
-                        out_dir / "llm_cache.sqlite")
+    llm = CachedBackend(load_lazily(backend), out_dir / "llm_cache.sqlite")
     reader = TokenizerTexts(model, layers)
     size = model.config.image_size
     try:
