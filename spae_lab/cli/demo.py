@@ -26,7 +26,7 @@ from spae_lab.training.loop import TrainResult, train
 from spae_lab.training.runs import has_checkpoint
 
 # Frozen's setting the demo shows: the best of the 7 for SPAE words, 2-way, on the validation split
-# (2-way 81%, 5-way 51%; one example per class, T-1s-0r, gave 62% and 41%).
+# (docs/reading.md#the-demos-setting).
 DEMO_SETTING = "T-3s-0r"
 
 
@@ -98,7 +98,7 @@ def train_scenes(out: Path, steps: int | None = None, minutes: float | None = No
     return result
 
 
-def show_fewshot(out: Path, episodes: int = 40, progress: bool = True) -> dict:
+def show_fewshot(out: Path, episodes: int = 20, progress: bool = True):
     """Few-shot classification of the shipped CIFAR-10 sample by SmolLM2: SPAE's top word (layer 1)
     against the LQAE-style baseline's 64 words, printed with 95% intervals and chance."""
     from spae_lab.reading.episodes import FewShotConfig, select_settings
@@ -143,7 +143,7 @@ def run_notebooks(out: Path, scenes_tokenizer: str, reports_dir: str | Path, tra
 
 
 def run_demo(out: str | Path = "runs/demo", *, train_first: bool = False, steps: int | None = None,
-             minutes: float | None = None, fresh: bool = False, episodes: int = 40,
+             minutes: float | None = None, fresh: bool = False, episodes: int = 20,
              fewshot: bool = True, reports_dir: str | Path | None = "reports",
              notebook_timeout: float | None = 300, progress: bool = True) -> list | None:
     """The whole demo (see the module docstring); returns the report runs (None without reports)."""
