@@ -99,15 +99,19 @@ def forward_flops(config, prefix_tokens: int, query_tokens: list[int]) -> float:
     return total + 2 * d * config.vocab_size * (1 + len(query_tokens))
 
 
-def matmul_rate(dtype: torch.dtype, d: int, ffn: int, repeats: int = 30) -> float:
-    """FLOP/s of this CPU on a (512, d) x (d, ffn) product, the MLP's shape (median of repeats)."""
-    a, b = torch.randn(512, d, dtype=dtype), torch.randn(d, ffn, dtype=dtype)
+def matmul_rate(dtype: torch.dtype, d: int, ffn: int, device: str = "cpu", repeats: int = 30) -> float:
+    """FLOP/s of the device on a (512, d) x (d, ffn) product, the MLP's shape (median of repeats)."""
+    a = torch.randn(512, d, dtype=dtype, device=device)
+    b = torch.randn(d, ffn, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * 512 * d * ffn / sorted(times)[len(times) // 2]
 
@@ -198,6 +202,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=3, help="episodes per way and reader")
     parser.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (llama.cpp runs on cpu only)")
     parser.add_argument("--json", default=str(RESULTS / "reading_cpu.json"))
     parser.add_argument("--markdown", default=str(RESULTS / "reading_cpu.md"))
     args = parser.parse_args()
@@ -206,8 +211,8 @@ def main() -> None:
     from spae_lab.llm.hf import HFBackend
 
     episodes = demo_episodes(args.episodes)
-    hf = HFBackend("smollm2")
-    hf_bf16 = HFBackend("smollm2", dtype=torch.bfloat16)
+    hf = HFBackend("smollm2", device=args.device)
+    hf_bf16 = HFBackend("smollm2", device=args.device, dtype=torch.bfloat16)
     config = hf.lm.config
     tokens = flops = 0.0
     for e in episodes:
@@ -215,12 +220,12 @@ def main() -> None:
         q = [len(hf.encode(x)) for x in [*e["queries"], e["content_free"]]]
         tokens += p + sum(q)
         flops += forward_flops(config, p, q)
-    rates = {"fp32": matmul_rate(torch.float32, config.hidden_size, config.intermediate_size),
-             "bf16": matmul_rate(torch.bfloat16, config.hidden_size, config.intermediate_size)}
+    rates = {name: matmul_rate(dtype, config.hidden_size, config.intermediate_size, args.device)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
     engines = {"HF as it was": lambda *a: rank_before(hf, *a),
                "HF now": hf.rank_shared_prefix, "HF now, bf16": hf_bf16.rank_shared_prefix}
-    if importlib.util.find_spec("llama_cpp") is not None:
+    if args.device == "cpu" and importlib.util.find_spec("llama_cpp") is not None:
         engines["llama.cpp in-process (Q4_1 GGUF)"] = LlamaCppRanker(args.threads).rank
     answers: dict[str, list[list[int]]] = {name: [] for name in engines}
     seconds = dict.fromkeys(engines, 0.0)
@@ -255,7 +260,7 @@ def main() -> None:
         return sum(same) / len(same)
 
     result = {
-        "torch": torch.__version__, "threads": args.threads,
+        "torch": torch.__version__, "threads": args.threads, "device": args.device,
         "load_average": [load_before, load_average()], "episodes": len(episodes),
         "queries": sum(len(e["queries"]) for e in episodes), "prompt_tokens": int(tokens),
         "forward_gflop": flops / 1e9, "matmul_gflops": {k: r / 1e9 for k, r in rates.items()},
@@ -275,7 +280,7 @@ def markdown(r: dict) -> str:
         "",
         f"{r['episodes']} episodes of the demo's few-shot reading ({r['queries']} queries, "
         f"{r['prompt_tokens']:,} distinct prompt tokens, {r['forward_gflop']:.0f} GFLOP of forward "
-        f"pass); torch {r['torch']}, {r['threads']} thread(s), load average "
+        f"pass); torch {r['torch']}, {r.get('device', 'cpu')}, {r['threads']} thread(s), load average "
         f"{r['load_average'][0]:.1f} -> {r['load_average'][1]:.1f}.",
         "",
         f"Floor: {r['forward_gflop']:.0f} GFLOP at the measured matrix-product rate, fp32 "
