@@ -95,7 +95,10 @@ def test_llama_server_fewshot_three_decodings_agree_with_hf(llama_server, tmp_pa
         b = local[(local.method == "SPAE") & (local.decoding == decoding)].reset_index()
         assert len(a) == len(b) == 20 and (a.image == b.image).all()
         agreement = (a.prediction.astype(str) == b.prediction.astype(str)).mean()
-        assert agreement >= 0.75, (decoding, agreement)
+        # likelihood differs by numerics only (4-bit weights, 8-bit activations): 90-100% in
+        # benchmarks/results/reading_agreement_llamacpp.md; generation through a server is snapped
+        # to a class name afterwards, not constrained token by token as in the HF backend
+        assert agreement >= (0.85 if decoding == "likelihood" else 0.6), (decoding, agreement)
     likelihood = served[(served.method == "SPAE") & (served.decoding == "likelihood")]
     assert likelihood.correct.mean() > 0.5 + 0.15  # 2-way: chance is 50%
     config = json.loads((tmp_path / "llama" / "config.json").read_text())
