@@ -137,6 +137,11 @@ def llm(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-retries", type=integer(0, 100), default=6, help="openai backends: retries per request")
     p.add_argument("--llm-concurrency", type=integer(1, 256), default=4,
                    help="openai backends: parallel requests")
+    p.add_argument("--llm-scoring", choices=["auto", "echo", "next-token"], default="auto",
+                   help="openai backends: score answers from prompt logprobs (echo: vLLM, OpenAI), from "
+                   "the top next tokens (next-token: llama-cpp-python's server), or find out (auto)")
+    p.add_argument("--llm-top-logprobs", type=integer(1, 1_000_000), default=20,
+                   help="openai backends, next-token scoring: how many likeliest next tokens to ask for")
 
 
 def load_llm(args):
@@ -147,7 +152,8 @@ def load_llm(args):
     from spae_lab.llm import load_backend
 
     return load_backend(args.backend, endpoint=args.llm_endpoint, timeout=args.llm_timeout,
-                        max_retries=args.llm_retries, concurrency=args.llm_concurrency)
+                        max_retries=args.llm_retries, concurrency=args.llm_concurrency,
+                        scoring=args.llm_scoring, top_logprobs=args.llm_top_logprobs)
 
 
 def decodings(p: argparse.ArgumentParser, default: list[str]) -> None:

@@ -224,6 +224,23 @@ class CachedBackend(LLMBackend):
 
         yield from self._cached("score_shared_prefix", requests, compute)
 
+    def rank_shared_prefix(self, prefix: str, queries: list[str], continuations: list[str],
+                           content_free: str | None = None) -> list[int]:
+        return in_order(self.rank_shared_prefix_iter(prefix, queries, continuations, content_free),
+                        len(queries))
+
+    def rank_shared_prefix_iter(self, prefix: str, queries: list[str], continuations: list[str],
+                                content_free: str | None = None) -> Iterator[tuple[int, int]]:
+        requests = [self.request("rank_shared_prefix", prefix=prefix, query=q,
+                                 continuations=list(continuations), content_free=content_free)
+                    for q in queries]
+
+        def compute(indices: list[int]) -> Iterator[tuple[int, int]]:
+            yield from self.inner.rank_shared_prefix_iter(
+                prefix, [queries[i] for i in indices], continuations, content_free)
+
+        yield from self._cached("rank_shared_prefix", requests, compute)
+
     # -- the one lookup / compute / store loop ----------------------------------------------------
 
     def _cached(self, method: str, requests: list[dict], compute) -> Iterator[tuple[int, object]]:
