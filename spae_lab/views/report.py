@@ -33,9 +33,13 @@ from pathlib import Path
 
 from spae_lab.errors import SpaeError
 from spae_lab.io import remove_owned
-from spae_lab.views.parameters import ParameterError, check_parameter
+from spae_lab.views.parameters import ParameterError, check_parameter, parse_bounds
 
 SUCCEEDED, FAILED = "succeeded", "failed"
+# Seconds one cell of a report may run unless the caller says otherwise: the slowest default cell
+# takes well under a minute, so a runaway cell (a huge parameter that slipped past its bound, a
+# stalled server) ends the run in minutes instead of holding the machine.
+DEFAULT_CELL_TIMEOUT = 600.0
 KERNEL_NAME = "python3"  # resolved to the current interpreter by `_current_python_kernel`
 CONFIG_NAME = "config.json"
 _PACKAGES = ("spae-lab", "torch", "numpy", "matplotlib", "plotly", "pandas", "papermill", "nbconvert",
@@ -63,7 +67,8 @@ def check_injected(notebook: str, declared: dict[str, dict], given: dict) -> dic
     """`given` parameters checked against the types `declared` by the notebook's parameters cell
     (`spae_lab.views.parameters`): the values to inject, or ReportError naming what is wrong."""
     try:
-        return {name: check_parameter(name, value, declared[name]["inferred_type_name"])
+        return {name: check_parameter(name, value, declared[name]["inferred_type_name"],
+                                      parse_bounds(declared[name].get("help")))
                 if name in declared else value for name, value in given.items()}
     except ParameterError as e:
         raise ReportError(f"{notebook}: {e}") from None
@@ -289,7 +294,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     the same name). Never raises for a failing notebook: the run says `failed` and why.
 
     A notebook that declares an `interactive` parameter gets False unless given: live-kernel
-    widgets show nothing in a report, and a batch run with widget comms can hang (nbclient#312)."""
+    widgets show nothing in a report, and a batch run with widget comms can hang (nbclient#312).
+    Each cell may run `timeout` seconds (None: DEFAULT_CELL_TIMEOUT)."""
     source = Path(notebook)
     name = source.stem
     check_name(tag)
@@ -323,7 +329,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
             with _current_python_kernel() as kernel:
                 papermill.execute_notebook(str(source), str(folder / f"{name}.ipynb"),
                                            parameters=parameters, kernel_name=kernel,
-                                           progress_bar=False, execution_timeout=timeout)
+                                           progress_bar=False,
+                                           execution_timeout=timeout or DEFAULT_CELL_TIMEOUT)
     except Exception as exc:  # a failing notebook is a result, not a crash of the report set
         error, trace = _describe_error(exc)
     seconds = time.monotonic() - start
