@@ -216,7 +216,7 @@ class PyramidExplorer(App):
     def static_figures(self) -> list:
         from spae_lab.views.pyramid_figures import token_pyramid_figure
 
-        words = token_pyramid_figure(self.image, self.pyramid, 0, panel_inches=2.4, title=self.note)
+        words = token_pyramid_figure(self.image, self.pyramid, 0, panel_inches=2.0, title=self.note)
         return [words, self.edit_figure()]
 
     # --- controls -----------------------------------------------------------------------------
