@@ -132,7 +132,7 @@ def make_plain_step(cfg, model, dataset):
     import spae_lab.quantizer as quantizer
     from spae_lab.losses import reconstruction_losses
     from spae_lab.model import SPAE
-    from spae_lab.training.loop import batch_indices, load_batch
+    from spae_lab.training.loop import backward_and_step, batch_indices, load_batch
 
     torch.manual_seed(0)
     plain = PlainVQAutoencoder(SPAE(cfg.model, model.codebook))
@@ -154,12 +154,7 @@ def make_plain_step(cfg, model, dataset):
                 quantizer.nearest_codes = original
             with record_function("losses"):
                 loss = sum(reconstruction_losses(recon, images * 2 - 1, cfg.loss).values()) + vq_loss
-            with record_function("backward"):
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            with record_function("optimizer"):
-                torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.train.grad_clip)
-                optimizer.step()
+            backward_and_step(loss, plain, optimizer, cfg.train.grad_clip)
     return step
 
 

@@ -99,7 +99,7 @@ def minilm_model_dir() -> Path:
 def smollm2_model_dir() -> Path:
     """A transformers folder of SmolLM2-135M-Instruct, converted once from the packaged GGUF.
 
-    Loading the GGUF dequantizes it (about 15-25 s); the converted folder reloads in well under a
+    Loading the GGUF dequantizes it (tens of seconds); the converted folder reloads in well under a
     second. The GGUF is checked against its published SHA-256 before use.
     """
     target = cache_dir() / "models" / "smollm2-135m-instruct"

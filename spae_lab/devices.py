@@ -55,8 +55,7 @@ def choose_num_threads() -> int:
     starts on this machine (LOCAL_WORLD_SIZE), at least 1.
 
     Beside busy processes, threads that wait for each other at every parallel region cost more than
-    they bring: with two busy processes on a 2-core machine, the small preset's SPAE step took 1.6 to
-    2.6x as long on 2 threads as on 1 (benchmarks/results/contention_cpu.md, train_step_cpu_load2*.json)."""
+    they bring (docs/performance.md, "Threads")."""
     cores = available_cores()
     try:
         busy = os.getloadavg()[0]
@@ -67,7 +66,7 @@ def choose_num_threads() -> int:
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on CPU (CPUs without AMX run bf16 ~10x slower)."""
+    """bf16 autocast on CUDA by default; fp32 on CPU (bf16 is slow on CPUs without AMX)."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

@@ -118,8 +118,7 @@ class SPAE(nn.Module):
         super().__init__()
         self.config = config
         self.codebook = codebook
-        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes),
-                                    cover=config.coarse_tokens == "cover")
+        self.layout = PyramidLayout(config.latent_grid, tuple(config.layer_sizes))
         table = codebook.embeddings.float()
         if config.standardize_codebook:
             table, _, _ = standardize(table)
@@ -138,9 +137,9 @@ class SPAE(nn.Module):
             )
         else:
             self.to_codebook = self.from_codebook = nn.Identity()
-        # The semantic layers pick their words from their own 1x1 projection of the encoder
-        # features: pulling the shared latents towards the teacher's words cost ~7 dB of PSNR
-        # at every depth in trials, a separate head leaves the latents to reconstruction.
+        # The semantic layers pick their words from their own projection of the encoder features,
+        # which leaves the shared latents to reconstruction: pulling those towards the teacher's
+        # words costs PSNR at every depth (docs/recipe.md).
         self.semantic_head = None
         # model.top_word "teacher": the guide (a `semantic.SemanticGuide`, not a submodule: its
         # weights are the teacher's, not this checkpoint's) that picks layer 1's word at encoding;
@@ -196,8 +195,8 @@ class SPAE(nn.Module):
         z = rearrange(projection(features), "b d h w -> b (h w) d")
         if self.config.normalize:
             # Latents and words on one sphere (unit RMS): nearest = most similar direction. An
-            # unnormalised latent drifted to 10x the codebook's scale in trials, and a latent
-            # rescaled to a learnable codebook's scale let both shrink together.
+            # unnormalised latent drifts away from the codebook's scale, and a latent rescaled to a
+            # learnable codebook's scale lets both shrink together (docs/recipe.md).
             z = unit_rms(z)
         return z
 

@@ -1,10 +1,10 @@
 """The token pyramid: which grid positions each layer's tokens sit on, and the tokens themselves.
 
 Layout (SPAE, dilation subsampling). The encoder gives a G x G grid of latents. Layer l of the
-pyramid holds n_l x n_l tokens at *selected* grid positions: stride s = G / n_l, offset s // 2
-(evenly spaced, centred; no pooling). A position belongs to every layer that selects it, and its
-tokens form a stream, coarse to fine. For G = 8 and layers (1, 2, 4, 8, 8) the cumulative token
-counts are 1, 5, 21, 85, 149.
+pyramid holds n_l x n_l tokens, one per s x s region of the grid (stride s = G / n_l), drawn at the
+region's centred position (offset s // 2). A token stands for its whole region: every cell of the
+region counts it in its stream, coarse to fine (the covering pyramid, docs/method.md). For G = 8 and
+layers (1, 2, 4, 8, 8) the cumulative token counts are 1, 5, 21, 85, 149.
 
 `TokenPyramid` holds one batch's token ids per layer, with their words, and reads and writes them
 as text (what an LLM sees). The quantizers that choose the tokens live in `spae_lab.quantizer`.
@@ -32,9 +32,6 @@ class PyramidLayout:
 
     grid: int
     layer_sizes: tuple[int, ...]
-    # True: a coarse token stands for its whole stride x stride region (every cell of it counts it
-    # in its stream); False: only for the one centred cell it sits on (the first design)
-    cover: bool = False
 
     def __post_init__(self) -> None:
         g = self.grid
@@ -78,38 +75,6 @@ class PyramidLayout:
     def positions(self) -> list[torch.Tensor]:
         """Per layer, (n_l * n_l,) flat indices (row * grid + col) of its selected positions."""
         return [(c[:, 0] * self.grid + c[:, 1]) for c in (self.coords(i) for i in range(self.num_layers))]
-
-    @cached_property
-    def prior_counts(self) -> list[torch.Tensor]:
-        """Per layer, for each of its positions, how many earlier layers selected that position."""
-        seen = torch.zeros(self.num_positions, dtype=torch.long)
-        out = []
-        for pos in self.positions:
-            out.append(seen[pos].clone())
-            seen[pos] += 1
-        return out
-
-    @cached_property
-    def counts_after(self) -> list[torch.Tensor]:
-        """Per depth d (1..L at index d-1), (G*G,) number of tokens each position holds."""
-        seen = torch.zeros(self.num_positions, dtype=torch.long)
-        out = []
-        for pos in self.positions:
-            seen[pos] += 1
-            out.append(seen.clone())
-        return out
-
-    @cached_property
-    def fill_index(self) -> list[torch.Tensor]:
-        """Per depth d (index d-1), (G*G,) the position whose estimate each grid cell reads."""
-        out = []
-        for depth in range(1, self.num_layers + 1):
-            finest = max(range(depth), key=lambda i: (self.layer_sizes[i], i))
-            stride = self.grid // self.layer_sizes[finest]
-            axis = (torch.arange(self.grid) // stride) * stride + stride // 2
-            rows, cols = torch.meshgrid(axis, axis, indexing="ij")
-            out.append((rows * self.grid + cols).flatten())
-        return out
 
 
 @dataclass

@@ -7,17 +7,10 @@ Quantizers, at a position with latent z and c tokens already chosen there (runni
   codebook scale, so deep tokens remain real words.
 - RQ, residual quantization: k = argmin_k || z - S - e_k ||^2, estimate zhat = S + e_k.
 
-Two readings of what a coarse token stands for (the README's 'How it works'):
-- covering (`PyramidLayout(cover=True)`, the default of every preset): a token of layer l stands for
-  its whole s x s region. Its target is computed from the region's mean latent, and every cell of
-  the region counts it in its stream, so after d layers every cell holds exactly d tokens and
-  decodes from their mean (SAQ) or sum (RQ). Each added layer refines every cell it covers.
-- cell (`cover=False`, checkpoints from before): a token stands for the one centred cell it sits
-  on. Decoding a prefix of d layers: positions already selected read their zhat; every other cell
-  reads the zhat of the position that the finest layer <= d selected in its cell (nearest-neighbour
-  fill). Layers of different sizes never share a cell, so SAQ never averages across the top
-  layers and layer 1 stops counting once layer 2 is decoded (measured: layer 2 added 0.06 dB).
-Either way any prefix of layers gives a full latent grid.
+The covering pyramid (docs/method.md): a token of layer l stands for its whole s x s region. Its
+target is computed from the region's mean latent, and every cell of the region counts it in its
+stream, so after d layers every cell holds exactly d tokens and decodes from their mean (SAQ) or sum
+(RQ). Each added layer refines every cell it covers, and any prefix of layers gives a full latent grid.
 """
 
 from __future__ import annotations
@@ -30,8 +23,8 @@ from torch import nn
 from spae_lab.pyramid import PyramidError, PyramidLayout
 
 # One nearest-word search chunk, in float32 elements of the (rows x V) score matrix per torch thread:
-# 4 MB a thread stays in cache between the product that writes it and the argmax that reads it.
-# 2,048 targets x 8,192 words on 1 thread: 29 ms in 128-row chunks, 83 ms in one 64 MB chunk.
+# 4 MB a thread stays in cache between the product that writes it and the argmax that reads it
+# (docs/performance.md).
 SEARCH_CHUNK_ELEMENTS = 1 << 20
 
 
@@ -76,10 +69,10 @@ def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
     """scores (..., V) -> (...,) int64: exactly `scores.argmax(-1)` (the first maximum; NaN counts
     as the maximum, as in torch.argmax), computed on CPUs in two passes that vectorise.
 
-    torch's CPU argmax along the last dimension does not vectorise (1.4 ms for 128 x 8,192 scores,
-    12x an amax of the same). Here the maxima of blocks of b words come from amax, the argmax then
-    runs over the V / b block maxima (the first block holding the row's maximum) and over the b
-    words of that block: 0.3 ms. Other devices, and a V that no block size divides, use argmax."""
+    torch's CPU argmax along the last dimension does not vectorise (docs/performance.md). Here the
+    maxima of blocks of b words come from amax, the argmax then runs over the V / b block maxima (the
+    first block holding the row's maximum) and over the b words of that block. Other devices, and a
+    V that no block size divides, use argmax."""
     V = scores.shape[-1]
     b = next((b for b in _ARGMAX_BLOCKS if V % b == 0 and V > b), None)
     if scores.device.type != "cpu" or b is None:
@@ -122,8 +115,8 @@ class PyramidQuantizer(nn.Module):
 
     With `projection_dim`, the search space is a trainable linear map of the frozen rows
     (V2L-Tokenizer's projector): the vocabulary and each word's LLM embedding stay fixed, only the
-    shared map is learned. Searching 8,192 words in 576 dimensions with frozen geometry collapsed
-    to a single word in trials; a 64-d learned view of the same words did not, and costs 9x less.
+    shared map is learned: with the frozen geometry alone the search collapsed to a single word in
+    trials (docs/recipe.md).
 
     Follows the contract of vector-quantize-pytorch: forward(z) gives quantized latents, indices and
     losses; `dequantize(ids, num_layers)` is the exact inverse at any prefix of layers.
@@ -155,12 +148,6 @@ class PyramidQuantizer(nn.Module):
         table = self.projection(self.codebook) if self.projection is not None else self.codebook
         return unit_rms(table) if self.normalize_rows else table
 
-    def _estimate(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Latent estimate from running sums: the mean (SAQ) or the sum (RQ)."""
-        if self.mode == "rq":
-            return sums
-        return sums / counts.clamp(min=1).to(sums.dtype)[:, None]
-
     def forward(self, z: torch.Tensor, score_layers: int = 0,
                 head: torch.Tensor | None = None, head_layers: int = 0,
                 head_gradient_scale: float = 1.0,
@@ -171,16 +158,12 @@ class PyramidQuantizer(nn.Module):
         With `head` (B, G*G, D), the first `head_layers` layers pick their tokens from it instead
         of z (a separate projection for the semantic layers); the decoder's gradient at depths up
         to `head_layers` goes to the head, scaled by `head_gradient_scale`, deeper ones to z.
-        `forced_ids` {layer: (B, n*n) ids} imposes those layers' words (covering pyramid only); the
-        later layers are picked after them, so the running mean corrects for them."""
+        `forced_ids` {layer: (B, n*n) ids} imposes those layers' words; the later layers are picked
+        after them, so the running mean corrects for them."""
         with torch.autocast(z.device.type, enabled=False):
             head = head.float() if head is not None else None
-            if forced_ids and not self.layout.cover:
-                raise ValueError("forced_ids needs the covering pyramid (model.coarse_tokens 'cover')")
-            if self.layout.cover:
-                return self._quantize_cover(z.float(), score_layers, head, head_layers,
-                                            head_gradient_scale, forced_ids or {})
-            return self._quantize(z.float(), score_layers, head, head_layers, head_gradient_scale)
+            return self._quantize(z.float(), score_layers, head, head_layers, head_gradient_scale,
+                                  forced_ids or {})
 
     def _pick(self, target: torch.Tensor, table: torch.Tensor, half_sq_norms: torch.Tensor,
               keep_scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,9 +180,8 @@ class PyramidQuantizer(nn.Module):
                           head_gradient_scale: float) -> torch.Tensor:
         """(depths, B, G*G, D): the value is each depth's quantized latent grid; the decoder's
         gradient at each depth reaches the vectors that picked that depth's words (the head gets
-        a scaled share, z all of it), and the projection through the chosen words. Sending the
-        head's depths' gradient to z left the head blind to reconstruction, and layer 2 repeated
-        layer 1's words (no PSNR gained from 1 to 2)."""
+        a scaled share, z all of it), and the projection through the chosen words. The head must see
+        reconstruction's gradient, or layer 2 repeats layer 1's words (docs/recipe.md)."""
         latents = torch.stack(estimates)
         if z.requires_grad or (head is not None and head.requires_grad):
             through_head = head_gradient_scale * (head - head.detach()) if head is not None else None
@@ -208,10 +190,8 @@ class PyramidQuantizer(nn.Module):
                 for depth in range(1, len(estimates) + 1)])
         return latents
 
-    def _quantize_cover(self, z: torch.Tensor, score_layers: int = 0,
-                        head: torch.Tensor | None = None, head_layers: int = 0,
-                        head_gradient_scale: float = 1.0,
-                        forced_ids: dict[int, torch.Tensor] | None = None) -> QuantizerOutput:
+    def _quantize(self, z: torch.Tensor, score_layers: int, head: torch.Tensor | None, head_layers: int,
+                  head_gradient_scale: float, forced_ids: dict[int, torch.Tensor]) -> QuantizerOutput:
         """The covering pyramid: a token of layer l is picked for its s x s region from the
         region's mean latent, and every cell of the region counts it. Regions nest (layer sizes
         are powers of two, coarse to fine), so the running sum is constant over each region of
@@ -256,46 +236,6 @@ class PyramidQuantizer(nn.Module):
         return QuantizerOutput(latents, ids, torch.stack(commit).mean(), codebook_loss,
                                torch.stack(rel_err), targets, scores)
 
-    def _quantize(self, z: torch.Tensor, score_layers: int = 0,
-                  head: torch.Tensor | None = None, head_layers: int = 0,
-                  head_gradient_scale: float = 1.0) -> QuantizerOutput:
-        B, N, D = z.shape
-        table = self.table()
-        half_sq_norms = 0.5 * table.detach().pow(2).sum(1)
-        sums = z.new_zeros(B, N, D)
-        ids, commit, codebook_terms, rel_err, estimates, targets, scores = [], [], [], [], [], [], []
-        for layer, pos in enumerate(self.layout.positions):
-            pos = pos.to(z.device)
-            prior = self.layout.prior_counts[layer].to(z.device)
-            source = head if head is not None and layer < head_layers else z
-            z_sel, prev_sum = source[:, pos], sums[:, pos]
-            if self.mode == "saq":  # SPAE: streaming average quantization
-                target = (prior + 1).to(z.dtype)[None, :, None] * z_sel - prev_sum
-            else:  # residual quantization
-                target = z_sel - prev_sum
-            targets.append(target)  # with gradient, for the semantic loss
-            layer_ids, layer_scores = self._pick(target, table, half_sq_norms, layer < score_layers)
-            if layer_scores is not None:
-                scores.append(layer_scores)
-            sums = sums.index_add(1, pos, table[layer_ids].to(z.dtype))
-            estimate = self._estimate(sums, self.layout.counts_after[layer].to(z.device))
-            estimates.append(estimate)
-            ids.append(layer_ids)
-            # commitment: pull the encoder towards its own quantized estimate (codebook frozen)
-            err = z_sel - estimate[:, pos].detach()
-            commit.append(err.pow(2).mean())
-            codebook_terms.append((z_sel.detach() - estimate[:, pos]).pow(2).mean())
-            rel_err.append(err.detach().norm() / z_sel.detach().norm().clamp(min=1e-8))
-        filled = [self._fill(est, depth) for depth, est in enumerate(estimates, start=1)]
-        latents = self._straight_through(filled, z, head, head_layers, head_gradient_scale)
-        codebook_loss = torch.stack(codebook_terms).mean() if self.projection is not None else z.new_zeros(())
-        return QuantizerOutput(latents, ids, torch.stack(commit).mean(), codebook_loss,
-                               torch.stack(rel_err), targets, scores)
-
-    def _fill(self, estimate: torch.Tensor, depth: int) -> torch.Tensor:
-        """(B, G*G, D) estimate after `depth` layers -> every cell reads its representative."""
-        return estimate[:, self.layout.fill_index[depth - 1].to(estimate.device)]
-
     def dequantize(self, ids: list[torch.Tensor], num_layers: int | None = None) -> torch.Tensor:
         """Exact inverse: token ids of the first `num_layers` layers -> (B, G*G, D) latent grid."""
         num_layers = num_layers or len(ids)
@@ -311,14 +251,8 @@ class PyramidQuantizer(nn.Module):
                     f"layer {layer + 1} needs ids of shape ({B}, {pos.numel()}), got {tuple(ids[layer].shape)}"
                 )
             words = table[ids[layer].to(sums.device)]
-            if self.layout.cover:
-                sums = add_spread(sums, words, self.layout.grid, self.layout.stride(layer))
-            else:
-                sums = sums.index_add(1, pos, words)
-        if self.layout.cover:
-            return sums / num_layers if self.mode == "saq" else sums
-        counts = self.layout.counts_after[num_layers - 1].to(sums.device)
-        return self._fill(self._estimate(sums, counts), num_layers)
+            sums = add_spread(sums, words, self.layout.grid, self.layout.stride(layer))
+        return sums / num_layers if self.mode == "saq" else sums
 
 
 def region_mean(x: torch.Tensor, grid: int, stride: int) -> torch.Tensor:

@@ -178,7 +178,7 @@ def test_fuzz_check_base_url(url):
     (["--backend", "openai:m@htp://127.0.0.1/v1"], "scheme 'htp'"),
     (["--backend", "openai:m@http://127.0.0.1:99999/v1"], "bad port"),
     (["--backend", "openai:m@http://127.0.0.1:9/v1", "--llm-concurrency", "0"],
-     "concurrency must be >= 1"),
+     "argument --llm-concurrency: must be in 1..256, got 0"),
 ])
 def test_the_cli_says_one_line_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
     from spae_lab.cli.main import main

@@ -1,5 +1,6 @@
 """Configs: presets, overrides, unknown keys with suggestions, type checks (property-based)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,17 +82,61 @@ def test_shipped_config_files_are_valid(path):
 
 
 def test_configs_saved_before_a_field_existed_load_with_that_time_s_design():
-    """Checkpoints keep their config in their metadata: one saved before the covering pyramid, the
-    MLP head and the lower-case codebook reads back as the design it was trained with."""
+    """Checkpoints keep their config in their metadata: one saved before the MLP head and the
+    lower-case codebook reads back as the design it was trained with."""
     from spae_lab.config import config_from_dict
 
     saved = create_config("small").to_dict()
-    for section, key in (("model", "coarse_tokens"), ("model", "semantic_head_mlp"),
-                         ("codebook", "lowercase_only")):
+    for section, key in (("model", "semantic_head_mlp"), ("codebook", "lowercase_only")):
         del saved[section][key]
     old = config_from_dict(saved)
-    assert (old.model.coarse_tokens, old.model.semantic_head_mlp, old.codebook.lowercase_only) == (
-        "cell", False, False)
+    assert (old.model.semantic_head_mlp, old.codebook.lowercase_only) == (False, False)
     new = config_from_dict(create_config("small").to_dict())
-    assert (new.model.coarse_tokens, new.model.semantic_head_mlp, new.codebook.lowercase_only) == (
-        "cover", True, True)
+    assert (new.model.semantic_head_mlp, new.codebook.lowercase_only) == (True, True)
+
+
+@pytest.mark.parametrize("layout", ["cell", None])
+def test_a_checkpoint_of_the_retired_cell_layout_is_refused_with_what_to_do(layout):
+    """The cell pyramid (saved as coarse_tokens "cell", or before the key existed) is no longer
+    read: its weights would decode wrongly in the covering pyramid."""
+    from spae_lab.config import config_from_dict
+
+    saved = create_config("small").to_dict()
+    if layout is None:
+        del saved["model"]["coarse_tokens"]
+    else:
+        saved["model"]["coarse_tokens"] = layout
+    with pytest.raises(ConfigError, match="retired 'cell' pyramid layout.*retrain"):
+        config_from_dict(saved)
+
+
+def test_every_declared_range_and_choice_is_checked():
+    """Ranges and choices are declared beside each field (`bounded`, `Literal`) and one generic
+    check enforces them: one value past each end of every declared range is refused."""
+    import dataclasses
+    import typing
+
+    cfg = create_config("small")
+    checked = 0
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        hints = typing.get_type_hints(type(value))
+        for f in dataclasses.fields(value):
+            key = f"{section.name}.{f.name}"
+            if "range" in f.metadata:
+                least, most, above = f.metadata["range"]
+                is_int = int in typing.get_args(hints[f.name]) or hints[f.name] is int
+                below = least if above else least - (1 if is_int else 1e-3)
+                with pytest.raises(ConfigError, match=re.escape(key)):
+                    create_config("small", {key: below})
+                if most is not None:
+                    with pytest.raises(ConfigError, match=re.escape(key)):
+                        create_config("small", {key: most + (1 if is_int else 1e-3)})
+                checked += 1
+            if typing.get_origin(hints[f.name]) is typing.Literal:
+                with pytest.raises(ConfigError, match=f"{re.escape(key)} must be one of"):
+                    create_config("small", {key: "no-such-choice"})
+                checked += 1
+    assert checked >= 30

@@ -239,7 +239,7 @@ def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
     out = tmp_path / "fs"
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "spae_lab.cli.main", "fewshot", str(tokenizer_run), "--backend",
+            [sys.executable, "-m", "spae_lab.cli", "fewshot", str(tokenizer_run), "--backend",
              f"openai:fake@{server.url}", "--ways", "2", "--episodes", "25", "--settings",
              "quick", "--names", "real", "--decoding", "likelihood", "constrained",
              "--references", "--llm-timeout", "0.5", "--out", str(out),

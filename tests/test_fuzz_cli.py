@@ -179,7 +179,7 @@ def test_the_command_line_never_crashes_and_writes_only_inside_its_folder(tmp_pa
         os.chdir(before)
     assert code in (0, 1, 2), f"{argv}: exit {code}\n{err.getvalue()}"
     assert "Traceback" not in err.getvalue(), f"{argv}\n{err.getvalue()}"
-    ours = [line for line in err.getvalue().splitlines() if line.startswith("spae-lab ") and ": error: " in line]
+    ours = [line for line in err.getvalue().splitlines() if line.startswith("spae-lab") and ": error: " in line]
     assert code != 2 or len(ours) == 1 or "usage:" in err.getvalue(), f"{argv}\n{err.getvalue()}"
     outside = [path for path in writes if not _allowed(path, tmp)]
     assert not outside, f"{argv} wrote outside its folder: {outside}"

@@ -4,7 +4,6 @@ the `generate` command writing its files."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -12,12 +11,12 @@ import torch
 from PIL import Image
 
 from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from spae_lab.cli.main import build_parser
 from spae_lab.config import create_config
 from spae_lab.generate import (
     V2L_SCHEDULE,
     CorruptionSchedule,
     DecodeConfig,
-    add_generate_parser,
     run_generation,
 )
 from spae_lab.generate import tasks as T
@@ -27,7 +26,7 @@ from spae_lab.llm.cache import CachedBackend
 from spae_lab.llm.hf import HFBackend
 from spae_lab.pyramid import PyramidLayout
 
-LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+LAYOUT = PyramidLayout(8, (1, 2, 4, 8, 8))
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +245,7 @@ def test_resume_after_a_kill_gives_the_same_images(model, tiny_llm, tmp_path, mo
 
 def test_cli_writes_images_at_input_size_csv_prompts_and_cache(tokenizer_run, tiny_llm,
                                                               input_folder, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_generate_parser(parser.add_subparsers())
+    parser = build_parser()
     out = tmp_path / "out"
     args = parser.parse_args(["generate", "inpaint", "--tokenizer", str(tokenizer_run),
                               "--input", str(input_folder), "--out", str(out),

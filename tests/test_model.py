@@ -146,30 +146,6 @@ def test_paper_preset_builds_a_six_layer_pyramid():
     assert model.layout.cumulative_tokens() == [1, 5, 21, 85, 341, 597]
 
 
-CELL = {"model.coarse_tokens": "cell", "model.semantic_head_mlp": False}  # the first design
-
-
-def test_semantic_head_picks_the_guided_layers_tokens_cell_pyramid():
-    from spae_lab.quantizer import nearest_codes
-
-    torch.manual_seed(0)
-    cfg = create_config("tiny", {"codebook.source": "random:256:24", "semantic.top_k": (3, 10, 50),
-                                 **CELL})
-    assert cfg.model.semantic_head_layers == 2
-    assert create_config("tiny", {"semantic.enabled": False}).model.semantic_head_layers == 0
-    model = SPAE(cfg.model, random_codebook(cfg.codebook.source)).eval()
-    images = torch.rand(2, 3, 16, 16)
-    with torch.no_grad():
-        z, quant = model.quantize(images)
-        features = model.encoder(images * 2 - 1)
-        head = model._to_search_space(model.semantic_head, features)
-        table = model.quantizer.table()
-        for layer, source in ((0, head), (2, z)):  # layer 1 reads the head; layer 3 (no prior
-            pos = model.layout.positions[layer]    # tokens at its positions) reads z
-            want = nearest_codes(source[:, pos].reshape(-1, table.shape[1]), table).view(2, -1)
-            assert torch.equal(quant.ids[layer], want)
-
-
 def test_covering_pyramid_layer1_reads_the_head_mean_and_layer2_the_quadrant_latents():
     """Layer 1's one word is the nearest to the grid mean of the head; each of layer 2's four
     words is picked by SAQ from its quadrant's mean latent: 2 * mean(z) - e(layer 1)."""
@@ -192,7 +168,10 @@ def test_covering_pyramid_layer1_reads_the_head_mean_and_layer2_the_quadrant_lat
         assert torch.equal(quant.ids[1], want)
 
 
-@pytest.mark.parametrize("overrides,head_depth", [({}, 1), (CELL, 2)])
+TWO_HEAD_LAYERS = {"semantic.top_k": (3, 10), "model.semantic_head_layers": 2}
+
+
+@pytest.mark.parametrize("overrides,head_depth", [({}, 1), (TWO_HEAD_LAYERS, 2)])
 def test_reconstruction_gradient_reaches_what_picked_the_words(overrides, head_depth):
     """Depths up to the head's layers send the decoder's gradient to the semantic head, not to the
     shared latents; deeper decodes reach the latents. Routed to the latents, the head never saw

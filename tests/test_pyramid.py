@@ -17,9 +17,6 @@ def test_dilation_positions_grid8():
     assert layout.coords(1).tolist() == [[2, 2], [2, 6], [6, 2], [6, 6]]
     assert sorted(set(layout.coords(2)[:, 0].tolist())) == [1, 3, 5, 7]
     assert layout.coords(3).shape == (64, 2) and layout.coords(4).shape == (64, 2)
-    # (4, 4) is selected by layers 1, 4 and 5: its stream holds three tokens at full depth
-    assert layout.counts_after[-1][4 * 8 + 4] == 3
-    assert layout.counts_after[-1][0] == 2
 
 
 def test_paper_layout_grid16():
@@ -47,40 +44,36 @@ def test_bad_layouts_are_refused():
         PyramidLayout(8, (16,))
 
 
-def test_fill_reads_the_finest_selected_position():
-    layout = PyramidLayout(8, (1, 2, 4, 8, 8))
-    assert set(layout.fill_index[0].tolist()) == {4 * 8 + 4}
-    depth2 = layout.fill_index[1].view(8, 8)
-    assert depth2[0, 0] == 2 * 8 + 2 and depth2[7, 7] == 6 * 8 + 6
-    assert torch.equal(layout.fill_index[3], torch.arange(64))
-
-
 def _direct_quantize(z, codebook, layout, mode):
-    """Per position, per layer, the formulas of shared/docs/spae-method.md, with explicit loops."""
+    """The formulas of shared/docs/spae-method.md with explicit loops, for the covering pyramid: a
+    token of layer l is picked for its region from the region's mean latent and the tokens already
+    covering that region, and it joins the stream of every cell of the region."""
     B, N, D = z.shape
+    G = layout.grid
     ids = [torch.zeros(B, n * n, dtype=torch.long) for n in layout.layer_sizes]
+    chosen = [[[] for _ in range(N)] for _ in range(B)]  # tokens covering each cell so far
     estimates = []
-    chosen = [[[] for _ in range(N)] for _ in range(B)]  # tokens picked so far at each position
-    for layer in range(layout.num_layers):
-        for j, p in enumerate(layout.positions[layer].tolist()):
+    for layer, n in enumerate(layout.layer_sizes):
+        s = G // n
+        for j in range(n * n):
+            r0, c0 = (j // n) * s, (j % n) * s
+            cells = [(r0 + dr) * G + c0 + dc for dr in range(s) for dc in range(s)]
             for b in range(B):
-                previous = [codebook[k] for k in chosen[b][p]]
-                count = len(previous) + 1  # this token is the l-th at this position
+                z_region = z[b, cells].mean(0)
+                previous = [codebook[k] for k in chosen[b][cells[0]]]  # the same over the region
                 if mode == "saq":
-                    zhat_prev = torch.stack(previous).mean(0) if previous else torch.zeros(D)
-                    target = count * z[b, p] - (count - 1) * zhat_prev
+                    target = (layer + 1) * z_region - (torch.stack(previous).sum(0) if previous else 0)
                 else:
-                    target = z[b, p] - (torch.stack(previous).sum(0) if previous else 0)
-                dists = ((target[None] - codebook) ** 2).sum(1)
-                k = int(dists.argmin())
+                    target = z_region - (torch.stack(previous).sum(0) if previous else 0)
+                k = int(((target[None] - codebook) ** 2).sum(1).argmin())
                 ids[layer][b, j] = k
-                chosen[b][p].append(k)
-        est = torch.zeros(B, N, D)
+                for p in cells:
+                    chosen[b][p].append(k)
+        est = torch.zeros(B, N, D, dtype=z.dtype)
         for b in range(B):
             for p in range(N):
-                if chosen[b][p]:
-                    vecs = torch.stack([codebook[k] for k in chosen[b][p]])
-                    est[b, p] = vecs.mean(0) if mode == "saq" else vecs.sum(0)
+                vecs = torch.stack([codebook[k] for k in chosen[b][p]])
+                est[b, p] = vecs.mean(0) if mode == "saq" else vecs.sum(0)
         estimates.append(est)
     return ids, estimates
 
@@ -99,8 +92,7 @@ def test_quantizer_matches_the_formulas(mode):
     for got, want in zip(out.ids, expected_ids, strict=True):
         assert torch.equal(got, want)
     for depth, est in enumerate(expected_estimates, start=1):
-        filled = est[:, layout.fill_index[depth - 1]]
-        torch.testing.assert_close(out.latents[depth - 1], filled.to(out.latents.dtype))
+        torch.testing.assert_close(out.latents[depth - 1], est.to(out.latents.dtype))
 
 
 @pytest.mark.parametrize("mode", ["saq", "rq"])
@@ -189,7 +181,7 @@ def test_saq_deep_tokens_keep_the_latents_word_rq_residuals_lose_it():
 @pytest.mark.parametrize("mode", ["saq", "rq"])
 def test_covering_pyramid_is_its_own_exact_inverse_at_every_depth(mode):
     torch.manual_seed(0)
-    layout = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+    layout = PyramidLayout(8, (1, 2, 4, 8, 8))
     quantizer = PyramidQuantizer(layout, torch.randn(300, 16), mode)
     z = torch.randn(3, 64, 16)
     out = quantizer(z)
@@ -200,11 +192,11 @@ def test_covering_pyramid_is_its_own_exact_inverse_at_every_depth(mode):
 
 def test_covering_saq_is_the_running_mean_of_every_token_covering_a_cell():
     """After d layers each cell decodes from the mean of the d words that cover it: layer 1's word
-    still counts once layer 2 is decoded (in the cell pyramid it stopped counting)."""
+    still counts once layer 2 is decoded."""
     from spae_lab.quantizer import region_mean, spread
 
     torch.manual_seed(1)
-    layout = PyramidLayout(4, (1, 2, 4), cover=True)
+    layout = PyramidLayout(4, (1, 2, 4))
     table = torch.randn(50, 8)
     quantizer = PyramidQuantizer(layout, table, "saq")
     out = quantizer(torch.randn(2, 16, 8))
@@ -217,7 +209,7 @@ def test_covering_saq_is_the_running_mean_of_every_token_covering_a_cell():
 
 def test_covering_saq_approximates_better_with_every_layer():
     torch.manual_seed(2)
-    layout = PyramidLayout(8, (1, 2, 4, 8, 8), cover=True)
+    layout = PyramidLayout(8, (1, 2, 4, 8, 8))
     table = torch.nn.functional.normalize(torch.randn(4096, 8), dim=1) * 8**0.5
     quantizer = PyramidQuantizer(layout, table, "saq")
     z = torch.nn.functional.normalize(torch.randn(4, 64, 8), dim=-1) * 8**0.5

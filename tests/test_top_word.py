@@ -17,7 +17,7 @@ from spae_lab.quantizer import PyramidQuantizer
 
 def test_forced_words_are_kept_and_later_layers_correct_for_them():
     torch.manual_seed(0)
-    layout = PyramidLayout(4, (1, 2, 4), cover=True)
+    layout = PyramidLayout(4, (1, 2, 4))
     quantizer = PyramidQuantizer(layout, torch.randn(50, 8))
     z = torch.randn(3, 16, 8)
     free = quantizer(z)
@@ -28,12 +28,6 @@ def test_forced_words_are_kept_and_later_layers_correct_for_them():
     # the exact inverse still holds: dequantizing the ids gives the latents of every depth
     for depth in range(1, 4):
         torch.testing.assert_close(quantizer.dequantize(forced.ids, depth), forced.latents[depth - 1])
-
-
-def test_forcing_needs_the_covering_pyramid():
-    quantizer = PyramidQuantizer(PyramidLayout(4, (1, 2, 4), cover=False), torch.randn(50, 8))
-    with pytest.raises(ValueError, match="covering"):
-        quantizer(torch.randn(1, 16, 8), forced_ids={0: torch.zeros(1, 1, dtype=torch.long)})
 
 
 def test_config_checks_the_reader_settings():

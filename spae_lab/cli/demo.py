@@ -26,7 +26,7 @@ from spae_lab.training.loop import TrainResult, train
 from spae_lab.training.runs import has_checkpoint
 
 # Frozen's setting the demo shows: the best of the 7 for SPAE words, 2-way, on the validation split
-# (2-way 81%, 5-way 51%; one example per class, T-1s-0r, gave 62% and 41%).
+# (docs/reading.md#the-demos-setting).
 DEMO_SETTING = "T-3s-0r"
 
 

@@ -9,11 +9,10 @@
 - `tasks`: corruptions (`CorruptionSchedule`, V2L's preset), prompts, no-LLM fills;
 - `run`: `run_generation`, the files it writes and its metrics;
 - `edit`: editing by words (`run_edit`: the top word swapped, the pyramid decoded; no LLM);
-- `figures`: the grid of context, condition and outputs per layer;
-- `cli`: `spae-lab generate TASK` (`add_generate_parser`, `cmd_generate`; also
-  `python -m spae_lab.generate TASK ...`).
+- `figures`: the grid of context, condition and outputs per layer.
 
-Names are imported on first use, so `spae_lab.generate.cli` (the argument parser) loads no torch.
+The command line is `spae-lab generate TASK` (`spae_lab.cli.generate`). Names are imported on
+first use.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "add_generate_parser": "spae_lab.generate.cli",
-    "cmd_generate": "spae_lab.generate.cli",
     "DecodeConfig": "spae_lab.generate.decode",
     "progressive_decode": "spae_lab.generate.decode",
     "GenerationConfig": "spae_lab.generate.run",

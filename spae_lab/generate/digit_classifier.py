@@ -3,9 +3,9 @@
 A two-block CNN on grey 32 x 32 digits, trained on the training split of the MNIST sample (the
 split the `digits` tokenizer trained on) and, when a tokenizer is given, also on that tokenizer's
 full-depth reconstructions of the same images: generated digits are decodes, slightly blurred, and
-a classifier that never saw a decode misreads them more often. It trains in about half a minute on
-one CPU thread and is cached under the spae_lab cache folder, keyed by its settings and the
-tokenizer's weights.
+a classifier that never saw a decode misreads them more often. It is trained once, on one CPU
+thread, and cached under the spae_lab cache folder, keyed by its settings and the tokenizer's
+weights.
 
     classifier = load_digit_classifier(tokenizer)
     classifier.predict(images)          # (B, 3, S, S) in [0, 1] -> (B,) digits

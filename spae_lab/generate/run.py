@@ -54,8 +54,8 @@ class GenerationConfig:
     episodes: int = 5  # class / arithmetic: context draws, each writing one image per digit
     # class / arithmetic context: "last" (every digit's examples, shuffled, with those whose label
     # is the one asked for moved next to the query), "mixed" (no move: the label alone says which
-    # digit) or "same" (only examples of the requested digit). "last" was chosen on the training
-    # split: 45% of 20 digits recognised against 10-20% for "mixed"; "same" mostly copies.
+    # digit) or "same" (only examples of the requested digit, which mostly get copied). "last" was
+    # chosen on the training split (docs/writing.md).
     class_context: str = "last"
     # inpaint / outpaint: what the region's tokens become: "masked" (the tokens of the image with
     # the region painted grey, as an image with a hole reads; V2L's inputs) or "random" (random

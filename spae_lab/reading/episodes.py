@@ -141,8 +141,8 @@ class FewShotConfig:
     episodes: int = 20  # per (ways, shots); each has one query per class
     seed: int = 0
     # likelihood ranking: "content-free" subtracts each name's score for an empty image text
-    # (`predict`); "none" ranks raw summed log-probabilities (nonsense 2-way T-1s-0r: "dax" won
-    # 100% of queries that way)
+    # (`predict`); "none" ranks raw summed log-probabilities, which favour whichever name the
+    # prompt favours (docs/reading.md, "Calibration")
     calibration: str = "content-free"
 
 

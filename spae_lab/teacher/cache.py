@@ -33,7 +33,7 @@ from spae_lab.teacher.model import Teacher
 _FORMAT = "spae_lab.teacher_top_words.v1"
 # Images per teacher forward while filling a table: the live path's batch size (32) keeps the
 # teacher's kernels, and so its float rounding, those of training; larger batches were not faster
-# on 2 CPU cores (0.6 ms an image at 32, 0.9 at 256).
+# (docs/performance.md).
 FILL_BATCH = 32
 # Items whose images enter the fingerprint of a dataset that holds no image array.
 _SAMPLED_ITEMS = 16

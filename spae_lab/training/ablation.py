@@ -33,7 +33,7 @@ def final_eval(run_dir: Path, step: int | None = None) -> dict:
     return next(r for r in reversed(records) if "eval" in r and step in (None, r["step"]))
 
 
-# The issue's and the few-shot experiments' reading depth: the first 2 layers (5 words).
+# The depth the word figures read: the first 2 layers (5 words), what an LLM reading layers 1-2 sees.
 CAPTION_LAYERS = 2
 
 

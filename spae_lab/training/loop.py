@@ -171,13 +171,19 @@ def training_step(net: torch.nn.Module, model: SPAE, optimizer: torch.optim.Opti
             loss = sum(losses.values())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
+    backward_and_step(loss, model, optimizer, cfg.train.grad_clip)
+    return loss, losses, out
+
+
+def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      grad_clip: float) -> None:
+    """Backward, gradient clipping and the optimizer step, in named profiler ranges."""
     with record_function("backward"):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
     with record_function("optimizer"):
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-    return loss, losses, out
 
 
 def train(cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool | str = False,
