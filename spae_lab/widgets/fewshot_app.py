@@ -159,25 +159,29 @@ class FewShotExplorer(App):
 
     # --- drawing ------------------------------------------------------------------------------
 
-    def score_figure(self, rows: list[list[float]], shown: list[str], query: int, reader: str):
-        """A bar per class name: the LLM's calibrated score; the truth in green."""
+    def score_figure(self, rows: list[list[float]], shown: list[str], query: int, reader: str, ax=None):
+        """A bar per class name: the LLM's calibrated score; the truth in green (on `ax` when
+        given, else a figure of its own)."""
         import matplotlib.pyplot as plt
 
         episode = self.episode()
         truth = episode.queries[query][1]
         row = rows[query]
         predicted = max(range(len(row)), key=row.__getitem__)
-        figure, ax = plt.subplots(figsize=(4.6, 0.5 + 0.42 * len(shown)))
+        figure = None
+        if ax is None:
+            figure, ax = plt.subplots(figsize=(4.6, 0.5 + 0.42 * len(shown)))
         colours = ["tab:green" if i == truth else "tab:grey" for i in range(len(shown))]
         ax.barh(range(len(shown)), row, color=colours)
         ax.set_yticks(range(len(shown)), [f"{name}{'  <- LLM' if i == predicted else ''}"
                                           for i, name in enumerate(shown)], fontsize=10)
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_xlabel("log p(name | prompt) - log p(name | content-free)", fontsize=9)
+        ax.set_xlabel("log p(name | prompt) - log p(name | content-free)", fontsize=8)
         verdict = "right" if predicted == truth else "wrong"
         ax.set_title(f"{reader} words, query {query + 1}: truth {shown[truth]}, LLM {verdict}", fontsize=10)
-        figure.tight_layout()
+        if figure is not None:
+            figure.tight_layout()
         return figure
 
     def episode_html(self, reader: str | None = None) -> str:
@@ -222,12 +226,20 @@ class FewShotExplorer(App):
         return (f"<table class='spae-fewshot-table'><tr><th></th><th>truth</th>{head}</tr>{''.join(body)}</table>")
 
     def static_figures(self) -> list:
-        figures = []
-        for reader in self.texts:
+        """One figure: the LLM's scores for every query (columns) and reader (rows)."""
+        import matplotlib.pyplot as plt
+
+        readers = list(self.texts)
+        queries = len(self.episode().queries)
+        figure, axes = plt.subplots(len(readers), queries, figsize=(4.4 * queries, (0.9 + 0.42 * self.ways) *
+                                                                    len(readers)), squeeze=False)
+        for r, reader in enumerate(readers):
             rows = self.scores(reader)
             _, _, shown = self.prompt(reader)
-            figures += [self.score_figure(rows, shown, q, reader) for q in range(len(rows))]
-        return figures
+            for q in range(queries):
+                self.score_figure(rows, shown, q, reader, ax=axes[r, q])
+        figure.tight_layout()
+        return [figure]
 
     def show_static(self) -> None:
         from IPython.display import HTML, display

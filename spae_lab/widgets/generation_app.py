@@ -220,28 +220,35 @@ class GenerationStepper(App):
             for caption, image in cards) + "</div>"
 
     def static_figures(self) -> list:
-        """Each query's row: input, the decode after each layer, the no-LLM reference, the target."""
+        """Each query: its input, the decode after each layer, the no-LLM reference, the target;
+        queries as rows, or as columns when there are more queries than stages (digits 0-9)."""
         import matplotlib.pyplot as plt
 
         from spae_lab.views.figures import to_hwc
 
-        count = len(self._plan)
-        columns = self.layers + 2 + (self.task not in ("class", "arithmetic"))
-        figure, axes = plt.subplots(count, columns, figsize=(1.5 * columns, 1.6 * count + 0.3), squeeze=False)
-        for q in range(count):
+        panels = []
+        for q in range(len(self._plan)):
             trace = self.trace(q)
-            row = ([("input", trace.condition)] if trace.condition is not None else [(f"asked: {trace.name}", None)])
+            row = [("input", trace.condition)] if trace.condition is not None else []
             row += [(f"after layer {d + 1}", img) for d, img in enumerate(self.decodes(q))]
             row += [("no-LLM reference", self.reference_image(q))]
             row += [("target", trace.target)] if trace.target is not None else []
-            for ax, (title, image) in zip(axes[q], row, strict=False):
-                ax.set_axis_off()
-                if image is not None:
-                    ax.imshow(to_hwc(image), interpolation="nearest")
-                else:
-                    ax.text(0.5, 0.5, title, ha="center", va="center", fontsize=11, transform=ax.transAxes)
-                if q == 0 or image is None:
-                    ax.set_title(title if image is not None else "", fontsize=9)
+            panels.append((trace.name, row))
+        stages = len(panels[0][1])
+        transpose = len(panels) > stages
+        rows, columns = (stages, len(panels)) if transpose else (len(panels), stages)
+        figure, axes = plt.subplots(rows, columns, figsize=(1.25 * columns + 1.2, 1.3 * rows + 0.5), squeeze=False)
+        for q, (name, row) in enumerate(panels):
+            for k, (stage, image) in enumerate(row):
+                ax = axes[k, q] if transpose else axes[q, k]
+                ax.imshow(to_hwc(image), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if transpose and q == 0 or not transpose and k == 0:
+                    ax.set_ylabel(stage if transpose else name, fontsize=9)
+                if transpose and k == 0 or not transpose and q == 0:
+                    ax.set_title(f"asked: {name}" if transpose and self.task in ("class", "arithmetic")
+                                 else name if transpose else stage, fontsize=9)
         figure.suptitle(f"{self.task}: what the LLM wrote, layer by layer", fontsize=11)
         figure.tight_layout()
         return [figure]
