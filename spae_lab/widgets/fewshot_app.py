@@ -36,7 +36,8 @@ class FewShotExplorer(App):
 
     css_class = "spae-fewshot-explorer"
 
-    def __init__(self, tokenizer="cifar10", baseline: str | None = "cifar10-lqae", dataset: str | None = "cifar10-sample",
+    def __init__(self, tokenizer="cifar10", baseline: str | None = "cifar10-lqae",
+                 dataset: str | None = "cifar10-sample",
                  backend="hf:smollm2", layers: int = 1, ways: int = 2, shots: int = 1, episodes: int = 20,
                  cache_path: str | Path | None = None, interactive: bool = True, seed: int = 0):
         from spae_lab import load_tokenizer
@@ -248,7 +249,8 @@ class FewShotExplorer(App):
 
         prefix, queries, _ = self.prompt("SPAE")
         display(HTML(self.episode_html("SPAE")))
-        display(HTML(f"<p><b>The exact prompt</b> (SPAE words, query 1):</p><pre>{html.escape(prefix + queries[0])}</pre>"))
+        prompt = html.escape(prefix + queries[0])
+        display(HTML(f"<p><b>The exact prompt</b> (SPAE words, query 1):</p><pre>{prompt}</pre>"))
         show_figures(self.static_figures())
         display(HTML(self.table_html()))
 

@@ -114,8 +114,8 @@ class GenerationStepper(App):
                 plan.append((f"image {k + 1}", examples, query, fills[k][:self.layers], targets[k], conditions[k]))
             return plan
         self.cfg.episodes = 1
-        for examples, queries, requested, rows in _class_task(self.model, self.cfg, self.data):
-            for query, digit in zip(queries, requested, strict=True):
+        for examples, queries, _requested, rows in _class_task(self.model, self.cfg, self.data):
+            for query in queries:
                 same = [r for e, r in zip(examples, rows, strict=True) if e.conditions[0] == query.conditions[0]]
                 reference = (same or rows)[-1][:self.layers]
                 plan.append((query.conditions[0].removeprefix("An image of ").rstrip(":"), examples, query,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from spae_lab.widgets.live import App, control, figure_png, img_tag, png_bytes
+from spae_lab.widgets.live import App, control, img_tag, png_bytes
 from spae_lab.widgets.sources import ImageSourceError, heldout_images, read_image
 
 DISPLAY_PX = 224  # side of the live decode and of the original beside it
@@ -180,8 +180,9 @@ class PyramidExplorer(App):
             cells = "".join(f"<td>{img_tag(png_bytes(images[d], max(1, thumb // images.shape[-1])))}</td>"
                             for d in range(self.num_layers))
             rows.append(f"<tr><th>{label}</th>{cells}</tr>")
-        notes = "".join(f"<td>mean change {c:.3f}<br>PSNR to original {psnr(edited[d][None], self.image[None]).item():.1f} dB</td>"
-                        for d, c in enumerate(change))
+        quality = [psnr(edited[d][None], self.image[None]).item() for d in range(self.num_layers)]
+        notes = "".join(f"<td>mean change {c:.3f}<br>PSNR to original {q:.1f} dB</td>"
+                        for c, q in zip(change, quality, strict=True))
         rows.append(f"<tr><th></th>{notes}</tr>")
         return f'<table class="spae-edit-table"><tr><th></th>{header}</tr>{"".join(rows)}</table>'
 
@@ -284,9 +285,7 @@ class PyramidExplorer(App):
         self._quiet = False
 
     def _redraw_map(self) -> None:
-        figure = self.word_map()
-        bundle = figure._repr_mimebundle_(include=None, exclude=None)
-        self.o_map.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+        self.o_map.outputs = ({"output_type": "display_data", "data": plotly_bundle(self.word_map()), "metadata": {}},)
 
     def _redraw_decode(self) -> None:
         d = self.depth
@@ -361,6 +360,17 @@ class PyramidExplorer(App):
         with self.timed("depth"):
             self.depth = change["new"]
             self._redraw_decode()
+
+
+def plotly_bundle(figure) -> dict:
+    """A plotly figure as display data: plotly's JSON (JupyterLab draws it: hover, zoom) and HTML
+    that uses the page's plotly.js; the same whatever renderer the session set."""
+    import json
+
+    import plotly.io as pio
+
+    return {"application/vnd.plotly.v1+json": {**json.loads(pio.to_json(figure)), "config": {}},
+            "text/html": pio.to_html(figure, include_plotlyjs=False, full_html=False)}
 
 
 def explore_pyramid(tokenizer="digits", image_index: int = 0, depth: int | None = None, num_images: int = 12,

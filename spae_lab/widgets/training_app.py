@@ -59,8 +59,8 @@ class TrainingView(App):
     def _on_record(self, history: list[dict]) -> None:
         self.history = list(history)
         self.step = max(self.step, history[-1].get("step", 0))
-        if self._widget is not None:  # live: the curves move within a chunk; a report redraws per chunk
-            self._redraw(throttle=1.0)
+        if self._widget is not None:  # live: the curves move within a long chunk; drawing costs a step or two
+            self._redraw(throttle=5.0)
 
     def _on_figure(self, model, heldout, path: Path) -> None:
         from spae_lab.data import collate
@@ -81,13 +81,16 @@ class TrainingView(App):
     def run(self, steps: int | None = None) -> None:
         """Train up to `steps` in all (default: the view's), chunk by chunk, redrawing between
         chunks; stops early when `stop()` was called. A folder holding a run continues it."""
+        self._stop.clear()
+        self._run(steps)
+
+    def _run(self, steps: int | None = None) -> None:
         from spae_lab.config import create_config
         from spae_lab.training.loop import train
 
         target = steps or self.steps
         if target > self.cfg.train.steps:
             self.cfg = create_config(self.preset, {**self.overrides, "train.steps": target})
-        self._stop.clear()
         self.status = "training"
         self._redraw()
         start = time.perf_counter()
@@ -107,7 +110,8 @@ class TrainingView(App):
         """Train `more_steps` further in a background thread (live kernels: Stop stays clickable)."""
         if self._thread is not None and self._thread.is_alive():
             return
-        self._thread = threading.Thread(target=self.run, args=(self.step + more_steps,), daemon=True,
+        self._stop.clear()  # here, not in the thread: a Stop clicked at once is not lost
+        self._thread = threading.Thread(target=self._run, args=(self.step + more_steps,), daemon=True,
                                         name="spae-training")
         self._thread.start()
 
