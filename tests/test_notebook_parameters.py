@@ -162,3 +162,22 @@ def test_the_parameter_checker_returns_a_bounded_value_or_a_parameter_error(valu
 def test_reading_bounds_never_fails(comment):
     bounds = parse_bounds(comment)
     assert bounds is None or (bounds[0] <= bounds[1] and all(math.isfinite(v) for v in bounds))
+
+
+def test_the_index_says_what_each_notebook_is_about_and_no_failure_is_not_red(tmp_path):
+    import html
+    import json
+
+    from spae_lab.views.report_index import notebook_about, write_index
+
+    about = notebook_about(ROOT / "notebooks" / "01_tour.ipynb")
+    assert about.startswith("A tour of SPAE: an image as words, and back. SPAE turns an image into")
+    for path in NOTEBOOKS:  # every notebook opens with what it teaches and what to change
+        opening = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert "What this notebook teaches." in opening and "What to change." in opening, path.name
+    run = tmp_path / "2026-01-01_01_tour_default"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"notebook": "01_tour", "status": "succeeded", "about": about,
+                                                 "files": {"html": "01_tour.html", "notebook": "01_tour.ipynb"}}))
+    page = write_index(tmp_path).read_text()
+    assert html.escape(about) in page and "0 failed" in page and 'class="failed"' not in page
