@@ -31,8 +31,8 @@ def _relevance_of(relevance, layer: int, image: int) -> list[float] | None:
 
 def token_table(pyramid, image: int = 0, image_size: int | None = None, relevance=None) -> list[dict]:
     """The words of one image, one dict per token: layer (1-based), index, word, row and col on the
-    latent grid, x and y of the cell centre in pixels, span (pixels per token side at this layer)
-    and relevance (None without scores).
+    latent grid, x and y of the centre of the region the token stands for in pixels, span (pixels
+    per token side at this layer) and relevance (None without scores).
 
     relevance: optional list per layer of (B, n_l * n_l) or (n_l * n_l,) scores (see `token_scores`).
     """
@@ -43,10 +43,12 @@ def token_table(pyramid, image: int = 0, image_size: int | None = None, relevanc
         words = pyramid.words(layer, image)
         scores = _relevance_of(relevance, layer, image)
         n = pyramid.layout.layer_sizes[layer]
+        stride = grid // n  # a word stands for its stride x stride region: drawn at the region's centre
         for index, ((row, col), word) in enumerate(zip(pyramid.positions(layer).tolist(), words, strict=True)):
             rows.append({
                 "layer": layer + 1, "index": index, "word": word, "row": row, "col": col,
-                "x": (col + 0.5) * cell, "y": (row + 0.5) * cell, "span": grid * cell / n,
+                "x": (col - stride // 2 + stride / 2) * cell, "y": (row - stride // 2 + stride / 2) * cell,
+                "span": grid * cell / n,
                 "relevance": None if scores is None else scores[index],
             })
     return rows
@@ -204,4 +206,11 @@ def token_pyramid_explorer(images: torch.Tensor, pyramid, captions: Sequence[str
     picker.observe(redraw, names="value")
     layer.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([picker, layer]), out])
+    for widget, name in ((picker, "image"), (layer, "layer")):  # the browser test finds them by class
+        widget.add_class("spae-control")
+        widget.add_class(f"spae-control-{name}")
+    out.add_class("spae-output-map")
+    box = widgets.VBox([widgets.HBox([picker, layer]), out])
+    box.add_class("spae-app")
+    box.add_class("spae-token-explorer")
+    return box

@@ -24,7 +24,7 @@ import torch
 from spae_lab.widgets.live import App, control, img_tag, png_bytes
 from spae_lab.widgets.sources import ImageSourceError, heldout_images, read_image
 
-DISPLAY_PX = 224  # side of the live decode and of the original beside it
+DISPLAY_PX = 160  # side of the live decode and of the original beside it
 
 
 def _tokenizer(tokenizer):
@@ -143,7 +143,7 @@ class PyramidExplorer(App):
 
     # --- drawing ------------------------------------------------------------------------------
 
-    def word_map(self, width: int = 560):
+    def word_map(self, width: int = 480):
         """plotly: the chosen layer's words over the image (hover, zoom); edited cells in gold,
         the selected cell framed."""
         from spae_lab.views.pyramid_figures import token_pyramid_plotly
@@ -249,7 +249,7 @@ class PyramidExplorer(App):
                                            continuous_update=True), "depth")
         self.o_note = w.HTML()
         self.o_message = w.HTML()
-        self.o_map = w.Output(layout=w.Layout(width="590px"))
+        self.o_map = w.Output(layout=w.Layout(width="500px"))
         self.o_decode = w.HTML()
         self.o_table = w.HTML()
         self.o_map.add_class("spae-output-map")
@@ -269,11 +269,12 @@ class PyramidExplorer(App):
         self._redraw_all()
         help_text = w.HTML("<b>Pick an image</b>, read its words (hover for details, drag to zoom), "
                            "<b>replace a word</b> and watch every depth decode again.")
-        source = w.HBox([self.c_image, self.c_upload, self.c_path, self.c_load])
-        edit = w.VBox([self.c_layer, w.HBox([self.c_cell, self.c_word]),
+        source = w.HBox([self.c_image, self.c_upload, self.c_path, self.c_load], layout=w.Layout(flex_flow="row wrap"))
+        edit = w.VBox([self.c_layer, w.HBox([self.c_cell, self.c_word], layout=w.Layout(flex_flow="row wrap")),
                        w.HBox([self.c_replace, self.c_undo, self.c_reset]), self.o_message])
-        right = w.VBox([self.c_depth, self.o_decode, edit])
-        return w.VBox([help_text, source, self.o_note, w.HBox([self.o_map, right]), self.o_table])
+        right = w.VBox([self.c_depth, self.o_decode])
+        view = w.HBox([self.o_map, right], layout=w.Layout(flex_flow="row wrap"))
+        return w.VBox([help_text, source, self.o_note, view, edit, self.o_table])
 
     def _refresh_cells(self) -> None:
         n = self.model.layout.layer_sizes[self.layer - 1]
