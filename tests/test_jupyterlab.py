@@ -102,7 +102,7 @@ def browser(lab):
         flags = [f for f in CHROMIUM_FLAGS if f != "--headless"]
         context = p.chromium.launch_persistent_context(
             str(profile), executable_path=lab["chromium"], headless=True, args=flags,
-            viewport={"width": 1280, "height": 900})
+            viewport={"width": 1280, "height": 1400})
         try:
             yield context
         finally:
@@ -210,6 +210,8 @@ def test_notebook_runs_and_its_apps_respond_in_jupyterlab(lab, browser, path):
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.request.method} {r.url}")
+            if r.status >= 500 else None)
     try:
         page.goto(f"{lab['base']}/lab?token={TOKEN}", wait_until="domcontentloaded")
         page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
@@ -230,12 +232,16 @@ def test_notebook_runs_and_its_apps_respond_in_jupyterlab(lab, browser, path):
         shots = os.environ.get("SPAE_LAB_SCREENSHOTS")
         if shots:
             Path(shots).mkdir(parents=True, exist_ok=True)
-            if kinds:
-                apps.first.screenshot(path=str(Path(shots) / f"{path.stem}_app.png"))
+            page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # the notebook at full width
+            for index in range(len(kinds)):
+                apps.nth(index).scroll_into_view_if_needed()
+                apps.nth(index).screenshot(path=str(Path(shots) / f"{path.stem}_app{index + 1}.png"))
             page.screenshot(path=str(Path(shots) / f"{path.stem}_lab.png"))
         state = page.evaluate(_STATE)
         assert not state["errors"], f"{path.stem}: error outputs after driving the apps {state['errors']}"
-        assert not problems, f"{path.stem}: JavaScript errors: {problems[:5]}"
+        server_log = (lab["home"] / "jupyterlab.log").read_text(errors="replace").splitlines()
+        assert not problems, (f"{path.stem}: JavaScript errors: {problems[:5]}; server log: "
+                              f"{[line for line in server_log if ' 500 ' in line or 'Error' in line][-5:]}")
     finally:
         page.evaluate("async () => { if (window.spaePanel) await window.spaePanel.sessionContext.shutdown(); }")
         page.close()

@@ -286,7 +286,8 @@ class FewShotExplorer(App):
                                                min(self.episodes - 1, self.c_episode.value + 1)))
         self._redraw()
         left = w.VBox([self.c_reader, self.c_ways, self.c_shots, self.c_classes,
-                       w.HBox([self.c_prev, self.c_next]), self.c_episode, self.c_query])
+                       w.HBox([self.c_prev, self.c_next]), self.c_episode, self.c_query],
+                      layout=w.Layout(min_width="340px", width="340px"))
         right = w.VBox([self.o_status, self.o_scores, self.o_table])
         return w.VBox([w.HBox([left, right]), self.o_episode, self.o_prompt])
 
@@ -311,7 +312,7 @@ class FewShotExplorer(App):
         rows = self._scores.get(self._key(self.reader))
         self.o_table.value = self.table_html()
         if rows is None:
-            self.o_status.value = "<b>&#8987; SmolLM2 is reading this episode...</b> (the rest is shown already)"
+            self.o_status.value = "<b>SmolLM2 is reading this episode ...</b> (the rest is shown already)"
             return
         _, _, shown = self.prompt()
         self.o_scores.value = figure_png(self.score_figure(rows, shown, self.query, self.reader), dpi=90)

@@ -144,4 +144,6 @@ def control(widget, name: str):
     """`widget` tagged with the CSS class `spae-control-<name>` (the browser test finds it so)."""
     widget.add_class("spae-control")
     widget.add_class(f"spae-control-{name}")
+    if getattr(widget, "description", "") and hasattr(widget, "style") and hasattr(widget.style, "description_width"):
+        widget.style.description_width = "initial"  # the whole label, never "decode fr..."
     return widget
