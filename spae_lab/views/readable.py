@@ -1,8 +1,8 @@
 """Numbers and words as people read them: percentages with their interval, dB to one decimal,
 a pyramid's words as small grids, tables of formatted text.
 
-    percent(58, 100)           # '58% (95% interval 48-67%)'
-    decibels(23.456)           # '23.5 dB'
+    percent(correct, total)    # a whole percentage with its 95% Wilson interval
+    decibels(value)            # one decimal and the unit
     word_grids_html(pyramid)   # layer 1, 2, 3 ... as grids of words, side by side
 """
 

@@ -142,6 +142,8 @@ class FewShotExplorer(App):
 
     def _finished(self, key: tuple, future: Future) -> None:
         self._pending.pop(key, None)
+        if future.cancelled():  # the app was closed meanwhile
+            return
         if future.exception() is None:
             self._scores[key] = future.result()
         if self._widget is not None and key == self._key(self.reader):
