@@ -25,24 +25,19 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "is_live": "spae_lab.widgets.live",
-    "explore_pyramid": "spae_lab.widgets.pyramid_app",
-    "PyramidExplorer": "spae_lab.widgets.pyramid_app",
-    "explore_fewshot": "spae_lab.widgets.fewshot_app",
-    "FewShotExplorer": "spae_lab.widgets.fewshot_app",
-    "step_generation": "spae_lab.widgets.generation_app",
-    "GenerationStepper": "spae_lab.widgets.generation_app",
-    "watch_training": "spae_lab.widgets.training_app",
-    "TrainingView": "spae_lab.widgets.training_app",
+_MODULES = {  # module -> the names it gives the package
+    "spae_lab.widgets.live": ("is_live",),
+    "spae_lab.widgets.pyramid_app": ("explore_pyramid", "PyramidExplorer"),
+    "spae_lab.widgets.fewshot_app": ("explore_fewshot", "FewShotExplorer"),
+    "spae_lab.widgets.generation_app": ("step_generation", "GenerationStepper"),
+    "spae_lab.widgets.training_app": ("watch_training", "TrainingView"),
 }
-
-__all__ = sorted(_EXPORTS)
+_MODULE_OF = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'spae_lab.widgets' has no attribute {name!r}")
+    """The apps load torch and ipywidgets: only when a name is first used."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'spae_lab.widgets' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)
