@@ -111,7 +111,7 @@ def fewshot(tiny_llama, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("fewshot") / "llm_cache.sqlite"
     return FewShotExplorer("cifar10", "cifar10-lqae", "cifar10-sample", backend=f"hf:{tiny_llama}",
-                           episodes=4, cache_path=cache)
+                           episodes=4, cache_path=cache, max_per_class=6)
 
 
 def test_the_fewshot_explorer_shows_prompt_scores_and_references(fewshot):

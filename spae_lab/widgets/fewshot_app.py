@@ -39,14 +39,15 @@ class FewShotExplorer(App):
     def __init__(self, tokenizer="cifar10", baseline: str | None = "cifar10-lqae",
                  dataset: str | None = "cifar10-sample",
                  backend="hf:smollm2", layers: int = 1, ways: int = 2, shots: int = 1, episodes: int = 20,
-                 cache_path: str | Path | None = None, interactive: bool = True, seed: int = 0):
+                 cache_path: str | Path | None = None, interactive: bool = True, seed: int = 0,
+                 max_per_class: int | None = None):
         from spae_lab import load_tokenizer
         from spae_lab.reading.episodes import dataset_labels, image_keys
         from spae_lab.reading.fewshot import TokenizerTexts, heldout_dataset, pixel_features, teacher_features
 
         super().__init__(interactive)
         model = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        self.data = heldout_dataset(model, dataset, None)
+        self.data = heldout_dataset(model, dataset, max_per_class)  # None: every image
         self.classes = [c.replace("_", " ").lower() for c in self.data.classes]
         self.keys, self.labels = image_keys(self.data), dataset_labels(self.data)
         self.images = torch.stack([self.data[i]["image"] for i in range(len(self.data))])
