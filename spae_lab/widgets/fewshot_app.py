@@ -21,6 +21,7 @@ episodes are answered from its cache).
 from __future__ import annotations
 
 import html
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,6 +69,9 @@ class FewShotExplorer(App):
         self._scores: dict[tuple, list[list[float]]] = {}
         self._pending: dict[tuple, Future] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spae-llm")  # one LLM, one thread
+        # the worker redraws the scores when they arrive, perhaps while a control redraws the rest:
+        # one drawer at a time, or the older table could land last
+        self._draw_lock = threading.RLock()
 
     # --- episodes, prompts, references --------------------------------------------------------
 
@@ -296,6 +300,10 @@ class FewShotExplorer(App):
 
     def _redraw(self) -> None:
         """Everything but the LLM's scores at once; the scores when ready."""
+        with self._draw_lock:
+            self._redraw_now()
+
+    def _redraw_now(self) -> None:
         episode = self.episode()
         shown = [self.classes[c] for c in episode.classes]
         self._quiet = True
@@ -312,6 +320,10 @@ class FewShotExplorer(App):
         self._redraw_scores()
 
     def _redraw_scores(self) -> None:
+        with self._draw_lock:
+            self._redraw_scores_now()
+
+    def _redraw_scores_now(self) -> None:
         rows = self._scores.get(self._key(self.reader))
         self.o_table.value = self.table_html()
         if rows is None:

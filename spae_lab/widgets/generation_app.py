@@ -181,7 +181,7 @@ class GenerationStepper(App):
         for layer, rows in enumerate(state, 1):
             words = " ".join(html.escape(self.words[r]) if r is not None else "<span style='color:#bbb'>___</span>"
                              for r in rows)
-            lines.append(f"<div><b>layer {layer}</b> ({len(rows)} words): {words}</div>")
+            lines.append(f"<div><b>layer {layer}</b> ({len(rows)} word{'s' if len(rows) > 1 else ''}): {words}</div>")
         return "".join(lines)
 
     def call_html(self, step: int) -> str:
@@ -258,8 +258,9 @@ class GenerationStepper(App):
     def _build(self):
         import ipywidgets as w
 
-        self.c_query = control(w.Dropdown(options=[(n, i) for i, n in enumerate(self.names)], value=self.query,
-                                          description="query"), "query")
+        asked = self.task in ("class", "arithmetic")
+        labels = [(f"An image of {n}" if asked else n, i) for i, n in enumerate(self.names)]
+        self.c_query = control(w.Dropdown(options=labels, value=self.query, description="query"), "query")
         self.c_step = control(w.IntSlider(value=0, min=0, max=len(self.trace().calls), description="call"), "step")
         self.c_prev = control(w.Button(description="previous call", icon="step-backward"), "prev")
         self.c_next = control(w.Button(description="next call", icon="step-forward"), "next")

@@ -164,7 +164,7 @@ class PyramidExplorer(App):
 
     def _depth_label(self, depth: int) -> str:
         tokens = self.model.layout.cumulative_tokens()[depth - 1]
-        return f"{depth} layer{'s' if depth > 1 else ''} ({tokens} words)"
+        return f"{depth} layer{'s' if depth > 1 else ''} ({tokens} word{'s' if tokens > 1 else ''})"
 
     def edit_table_html(self, thumb: int = 96) -> str:
         """An HTML table: decodes at every depth as encoded, after the edits, and the difference

@@ -147,7 +147,7 @@ class TrainingView(App):
         if evals:
             for depth in range(len(evals[0]["eval"]["psnr"])):
                 label = f"{depth + 1} layer{'s' if depth else ''}"
-                label += f" ({tokens[depth]} words)" if depth < len(tokens) else ""
+                label += f" ({tokens[depth]} word{'s' if depth else ''})" if depth < len(tokens) else ""
                 right.plot([r["step"] for r in evals], [r["eval"]["psnr"][depth] for r in evals], marker="o",
                            ms=3, label=label)
             right.legend(fontsize=8)
