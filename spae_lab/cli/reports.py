@@ -76,7 +76,7 @@ def register(sub) -> None:
     p.add_argument("--tag", default="default", help="run name: reports/<date>_<notebook>_<tag>/")
     flags.out(p, "reports", "reports folder")
     p.add_argument("--show-code", dest="show_code", action="store_true", help="keep code cells in the HTML")
-    p.add_argument("--timeout", type=number(0, above=True), help="seconds one cell may run")
+    p.add_argument("--timeout", type=number(0, above=True), help="seconds one cell may run (default 600)")
     p.add_argument("--notebooks-dir", dest="notebooks_dir", help="where to look for notebooks (./notebooks)")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
     p.add_argument("--index-only", dest="index_only", action="store_true", help="only rewrite index.html")

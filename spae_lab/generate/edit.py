@@ -2,7 +2,7 @@
 
     from spae_lab.generate.edit import run_edit
     result = run_edit("digits", word="seven", out="runs/edit_seven")
-    result["summary"]["judged_as_word"]   # per depth: before, after the swap, after a random word
+    result.summary["judged_as_word"]   # per depth: before, after the swap, after a random word
 
 No LLM takes part: the edit is the user's. What the task measures is how far the top word steers
 the picture, read by a judge that does not look at words: the project's digit classifier for a
