@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from pathlib import Path
 
 import torch
 
 from spae_lab.codebook import load_codebook
 from spae_lab.config import CodebookConfig
+from spae_lab.io import atomic_write_text
 from spae_lab.video.data import DIRECTIONS, MovingDigits, MovingScenes
 from spae_lab.video.evaluate import word_hits
 from spae_lab.video.semantic import ClipGuide
@@ -73,8 +73,7 @@ def main() -> None:
         report["templates"][template] = entry
     print(json.dumps(report, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

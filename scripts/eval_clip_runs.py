@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
 from spae_lab.checkpoint import create_tokenizer, load_tokenizer
 from spae_lab.config import apply_overrides
+from spae_lab.io import atomic_write_text
 from spae_lab.video.config import validate_clip
 from spae_lab.video.data import MovingScenes
 from spae_lab.video.evaluate import evaluate_clips, frame_by_frame
@@ -60,8 +60,7 @@ def main() -> None:
               "mean_and_range": summary, "frame_by_frame": {"tokenizer": args.image_tokenizer, **image}}
     print(json.dumps({"mean_and_range": summary, "frame_by_frame": image}, indent=1))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 
 from spae_lab import pretrained
 from spae_lab.checkpoint import checkpoint_step, load_tokenizer, read_checkpoint, save_checkpoint
+from spae_lab.io import atomic_write_text
 from spae_lab.video.data import MovingDigits, MovingScenes
 from spae_lab.video.evaluate import evaluate_clips, frame_by_frame
 from spae_lab.video.model import clip_layout_summary
@@ -116,8 +117,8 @@ def main() -> None:
     card["config"] = cfg.to_dict()
     if args.extra:
         card.update(json.loads(Path(args.extra).read_text()))
-    (pretrained.PRETRAINED_DIR / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    (pretrained.PRETRAINED_DIR / f"{args.name}.md").write_text(markdown_card(card))
+    atomic_write_text(pretrained.PRETRAINED_DIR / f"{args.name}.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(pretrained.PRETRAINED_DIR / f"{args.name}.md", markdown_card(card))
     print(f"{target} ({target.stat().st_size / 1e6:.1f} MB): {pretrained.headline(args.name)}")
 
 

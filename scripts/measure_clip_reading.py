@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from spae_lab import load_tokenizer
+from spae_lab.io import atomic_write_text
 from spae_lab.llm import CachedBackend, load_backend
 from spae_lab.reading.episodes import FewShotConfig, select_settings
 from spae_lab.reading.fewshot import paper_table, pixel_features, save_results
@@ -58,15 +59,15 @@ def main() -> None:
     try:
         _, vqa = run_clip_vqa(readers, llm, train, heldout, num_examples=args.examples,
                               decodings=("constrained", "likelihood"))
-        (out / "vqa.md").write_text(to_markdown(vqa.round(3)))
-        vqa.to_csv(out / "vqa.csv", index=False)
+        atomic_write_text(out / "vqa.md", to_markdown(vqa.round(3)))
+        atomic_write_text(out / "vqa.csv", vqa.to_csv(index=False))
         print(to_markdown(vqa.round(3)))
         teacher = load_clip_teacher(model.experiment_config.semantic.teacher)
         config = FewShotConfig(ways=tuple(args.ways), settings=select_settings(args.settings),
                                names=("real", "nonsense"), decodings=("likelihood",), episodes=args.episodes,
                                seed=args.eval_seed)
         references = {"pixels": pixel_features, "clip teacher": lambda clips: teacher.embed_images(clips)}
-        records, summary, _ = run_clip_fewshot(heldout, readers, llm, config, out, "direction", references)
+        fewshot = run_clip_fewshot(heldout, readers, llm, config, out, "direction", references)
     finally:
         llm.close()
     record = {"tokenizer": args.tokenizer, "image_tokenizer": args.image_tokenizer, "eval_seed": args.eval_seed,
@@ -74,8 +75,8 @@ def main() -> None:
               "readers": {k: r.description for k, r in readers.items()},
               "labels": "direction of motion", "backend": llm.describe(), "fewshot": asdict(config),
               "llm_calls": asdict(llm.stats)}
-    save_results(out, records, summary, record)
-    print(to_markdown(paper_table(summary)))
+    save_results(out, fewshot.records, fewshot.summary, record)
+    print(to_markdown(paper_table(fewshot.summary)))
     print(json.dumps(record, indent=1, default=str))
 
 

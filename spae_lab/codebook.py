@@ -261,15 +261,25 @@ def random_codebook(spec: str = "random:512:32", max_size: int | None = None) ->
 def _load_tokenizer_and_embeddings(source: str):
     """(tokenizer, input embedding table (V_model, D)) for 'smollm2' or a Hugging Face id/folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = str(smollm2_model_dir()) if source == "smollm2" else source
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise CodebookError(f"cannot load the language model {source!r}: the folder holds no "
+                            "config.json, so it is not a Hugging Face model folder (save_pretrained "
+                            "writes one). Give such a folder, a cached Hugging Face id, or 'smollm2'.")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its warnings about odd folders would precede the one line below
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:  # transformers' errors for bad folders
+        reason = " ".join(str(e).split())[:300]
         raise CodebookError(
-            f"cannot load the language model {source!r}: {e}. Give a local folder, a cached Hugging "
-            "Face id, or 'smollm2' (the offline default)."
+            f"cannot load the language model {source!r}: {reason}. Give a local folder, a cached "
+            "Hugging Face id, or 'smollm2' (the offline default)."
         ) from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
     table = model.get_input_embeddings().weight.detach().float()
     return tokenizer, table

@@ -34,3 +34,20 @@ def tiny_llama(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_llama")
     save_tiny_llama(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_run(tmp_path_factory, tiny_llama):
+    """Run folder of an untrained tiny SPAE (digits data) whose codebook is the tiny Llama's own
+    words (every word one token): generation end to end in seconds."""
+    from spae_lab.checkpoint import CHECKPOINT_NAME, create_tokenizer, save_checkpoint
+    from spae_lab.config import create_config
+
+    cfg = create_config("tiny", {"data.dataset": "digits", "semantic.enabled": False,
+                                 "codebook.source": str(tiny_llama), "codebook.max_size": None,
+                                 "codebook.word_list": None})
+    torch.manual_seed(0)
+    model = create_tokenizer(cfg)
+    run = tmp_path_factory.mktemp("tok")
+    save_checkpoint(run / CHECKPOINT_NAME, model, None, 0, cfg)
+    return run

@@ -24,7 +24,8 @@ seconds (the body after the headers, or everything with --trickle-headers), so n
 waits long but the reply takes minutes; --huge-body MB sends a reply of MB megabytes (spaces, then
 the real JSON: valid if read whole), announced in Content-Length unless --huge-no-length. Both log
 a second line when the reply ends or the client hangs up: {"event": "sent", "bytes": n,
-"complete": bool}.
+"complete": bool}. --reply-file PATH answers every good request with that file's bytes, verbatim
+(replies of the wrong shape, NaN logprobs, bytes that are not UTF-8).
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ class Handler(BaseHTTPRequestHandler):
         delay = float(self.state.option("delay") or 0.0)
         if delay:
             time.sleep(delay)
+        if reply_file := self.state.option("reply_file"):  # a hostile body, sent verbatim
+            return self._raw(200, Path(reply_file).read_bytes())
         reply = self._chat_reply(body, prompt) if chat else self._completion_reply(body)
         if huge := float(self.state.option("huge_body") or 0.0):
             return self._huge(json.dumps(reply).encode(), int(huge * 2**20),
@@ -338,6 +341,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="send good replies this many megabytes long")
     p.add_argument("--huge-no-length", action="store_true",
                    help="with --huge-body: no Content-Length (the body ends when the server closes)")
+    p.add_argument("--reply-file", default=None,
+                   help="answer every good request with this file's bytes (status 200), verbatim")
     p.add_argument("--control", default=None, help="JSON file overriding these flags")
     return p.parse_args(argv)
 

@@ -138,8 +138,8 @@ def test_the_three_decodings_end_to_end_and_resume(tiny_llm, digits, tmp_path, t
     def run(backend):
         cached = CachedBackend(backend, tmp_path / "cache.sqlite")
         try:
-            return run_fewshot(digits, readers, cached, cfg, tmp_path / "episodes.json",
-                               {"pixels": pixel_features}, progress=False)
+            return run_fewshot(digits, readers, cached, cfg, episodes_path=tmp_path / "episodes.json",
+                               references={"pixels": pixel_features}, progress=False)
         finally:
             cached.cache.close()
 
@@ -149,13 +149,15 @@ def test_the_three_decodings_end_to_end_and_resume(tiny_llm, digits, tmp_path, t
         run(killed)
     # restarted: only the missing queries reach the LLM
     resumed = CountingBackend(inner)
-    records, summary, _ = run(resumed)
+    first = run(resumed)
+    records, summary = first.records, first.summary
     total_queries = 2 * 2 * 3 * 2 * 2  # settings x names x decodings x episodes x queries
     calibration = 2 * 2 * 2  # one content-free query per likelihood episode
     assert resumed.queries == total_queries + calibration - killed.queries
     # finished: re-rendering asks nothing and gives the same table
     again = CountingBackend(inner)
-    records2, summary2, _ = run(again)
+    second = run(again)
+    summary2 = second.summary
     assert again.queries == 0
     assert summary.equals(summary2)
 
@@ -215,7 +217,7 @@ def test_smollm2_reads_class_words(digits):
                         decodings=("likelihood",), episodes=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fewshot, "texts_for", oracle_texts)
-        _, summary, _ = run_fewshot(digits, reader, HFBackend("smollm2"), cfg, progress=False)
+        summary = run_fewshot(digits, reader, HFBackend("smollm2"), cfg, progress=False).summary
     assert summary.loc[summary.method == "oracle", "accuracy"].item() >= 0.8
 
 
@@ -264,9 +266,9 @@ def test_fewshot_through_a_faulty_openai_server_loses_nothing_and_leaks_no_key(
     assert key not in proc.stdout + proc.stderr
 
 
-class _PriorBackend:
+class _PriorBackend(LLMBackend):
     """Scores that favour the first name by a constant, whatever the image: what a prompt's
-    recency or a short name does to summed log-probabilities."""
+    recency or a short name does to summed log-probabilities (ranked by LLMBackend's default)."""
 
     def score_shared_prefix(self, prefix, queries, continuations):
         rows = []

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -162,6 +164,12 @@ argv_strategy = st.one_of(listing, train_like(), report(), llm_commands(), token
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(argv=argv_strategy)
 def test_the_command_line_never_crashes_and_writes_only_inside_its_folder(tmp_path_factory, argv):
+    _check_one_run(tmp_path_factory, argv)
+
+
+def _check_one_run(tmp_path_factory, argv: list[str]) -> None:
+    """`main(argv)` in a fresh folder: status 0, 1 or 2, no traceback, one error line, and no write
+    outside the folder."""
     global _WRITES
     tmp = tmp_path_factory.mktemp("fuzz").resolve()
     out, err = io.StringIO(), io.StringIO()
@@ -183,3 +191,110 @@ def test_the_command_line_never_crashes_and_writes_only_inside_its_folder(tmp_pa
     assert code != 2 or len(ours) == 1 or "usage:" in err.getvalue(), f"{argv}\n{err.getvalue()}"
     outside = [path for path in writes if not _allowed(path, tmp)]
     assert not outside, f"{argv} wrote outside its folder: {outside}"
+
+
+# --- generate's and fewshot's parsers: every flag drawn from its own declaration ------------------------
+
+SUBPARSERS = next(a for a in PARSER._actions if a.dest == "command").choices
+# What the issue found accepted before the flags had ranges (issue 23, item 8), per command.
+FLOORS = {"generate": {"images": 0, "examples": 1, "examples_per_class": 1, "episodes": 1, "layers": 0,
+                       "tokens_per_call": 1, "temperature": 0, "no_repeat_ngram": 0, "seed": 0,
+                       "llm_timeout": 0, "llm_retries": 0, "llm_concurrency": 1},
+          "fewshot": {"episodes": 1, "ways": 2, "layers": 1, "max_per_class": 0, "seed": 0,
+                      "llm_timeout": 0, "llm_retries": 0, "llm_concurrency": 1}}
+
+
+def _values_of(action, wild: bool) -> st.SearchStrategy:
+    """Values for a flag: any of its kind when `wild`, else ones it takes (so that a refusal comes
+    from the wild flag of the command line)."""
+    numeric = getattr(action.type, "__name__", "") in ("integer", "number", "int", "float")
+    if action.choices is not None:
+        return st.one_of(st.sampled_from(list(action.choices)), text) if wild else st.sampled_from(list(action.choices))
+    if numeric:
+        return numbers if wild else st.integers(2, 5).map(str)
+    return st.one_of(names, text) if wild else names
+
+
+def _optional(command: str) -> list:
+    return [a for a in SUBPARSERS[command]._actions if a.option_strings and a.dest not in ("help", "backend")]
+
+
+@st.composite
+def parser_argv(draw, command: str, wild_flag: str | None = None) -> list[str]:
+    """A command line of `command`: its positionals and required flags, one flag (`wild_flag`, else
+    any, or a positional) with a wild value of its kind (choices, numbers of every kind, text), and
+    up to five more flags with values they take, so that a refusal comes from the wild one."""
+    parser = SUBPARSERS[command]
+    optional = _optional(command)
+    wild = next((a for a in optional if a.dest == wild_flag), None) if wild_flag else \
+        draw(st.sampled_from([None, *optional]))  # None: a positional is the wild one
+    drawn = [wild] + [a for a in optional if a.required] + draw(st.lists(st.sampled_from(optional), max_size=5))
+    argv = [command]
+    for action in parser._actions:
+        if not action.option_strings:
+            argv.append(draw(_values_of(action, wild is None).filter(lambda v: not v.startswith("-"))))
+    for k, action in enumerate(drawn):
+        if action is None:
+            continue
+        argv.append(action.option_strings[-1])
+        if action.nargs == 0:
+            continue
+        count = action.nargs if isinstance(action.nargs, int) else draw(st.integers(1 if action.nargs == "+" else 0, 3))
+        argv += [draw(_values_of(action, k == 0)) for _ in range(1 if action.nargs is None else count)]
+    return argv
+
+
+WILD_FLAGS = [(command, action.dest) for command in FLOORS for action in _optional(command)
+              if action.nargs != 0 and action.dest not in ("tokenizer",)]
+
+
+@pytest.mark.parametrize(("command", "flag"), WILD_FLAGS, ids=[f"{c} --{f}" for c, f in WILD_FLAGS])
+@settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_generate_and_fewshot_parsers_take_values_in_range_or_refuse_in_one_line(command, flag, data):
+    """Each flag of generate and fewshot, given values of every kind beside flags that are fine:
+    what is accepted lies in the flag's range (issue 23, item 8), anything else is one line."""
+    _check_parse(data.draw(parser_argv(command, flag)))
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(argv=st.one_of(parser_argv("generate"), parser_argv("fewshot")))
+def test_generate_and_fewshot_command_lines_parse_or_refuse_in_one_line(argv):
+    _check_parse(argv)
+
+
+def _check_parse(argv: list[str]) -> None:
+    from spae_lab.cli.flags import UsageError
+
+    try:
+        args = PARSER.parse_args(argv)
+    except UsageError as e:
+        assert "\n" not in str(e) and str(e).startswith(f"spae-lab {argv[0]}: error: "), str(e)
+        return
+    except SystemExit as e:  # argparse's own exits (--help) only
+        assert e.code == 0, argv
+        return
+    for dest, floor in FLOORS[argv[0]].items():
+        values = getattr(args, dest)
+        for value in values if isinstance(values, list) else [values]:
+            assert math.isfinite(value) and value >= floor, f"{argv}: {dest} = {value}"
+    checked = [a for a in SUBPARSERS[argv[0]]._actions if getattr(a.type, "__name__", "") in ("integer", "number")]
+    for action in checked:  # what was accepted parses again to itself: inside its declared range
+        values = getattr(args, action.dest)
+        for value in (values if isinstance(values, (list, tuple)) else [values]):
+            assert value is None or action.type(repr(value)) == value, f"{argv}: {action.dest} = {value}"
+
+
+@st.composite
+def generate_commands(draw) -> list[str]:
+    """generate with random flags and a tokenizer that is not there: it must end in one line having
+    written nothing outside its folder (the --out checks run before the tokenizer is read)."""
+    argv = draw(parser_argv("generate"))
+    return [*argv, "--tokenizer", draw(st.sampled_from(["nope", "runs/none", "./digits", "x.safetensors"])),
+            "--out", draw(names)]
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(argv=generate_commands())
+def test_generate_with_random_flags_never_crashes_nor_writes_outside(tmp_path_factory, argv):
+    _check_one_run(tmp_path_factory, argv)

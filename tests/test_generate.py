@@ -5,14 +5,13 @@ the `generate` command writing its files."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-from spae_lab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from spae_lab.cli.main import build_parser
-from spae_lab.config import create_config
 from spae_lab.generate import (
     V2L_SCHEDULE,
     CorruptionSchedule,
@@ -35,18 +34,8 @@ def tiny_llm(tiny_llama):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_run(tmp_path_factory, tiny_llm):
-    """An untrained tiny SPAE whose codebook is the tiny Llama's own words (every word one token)."""
-    from spae_lab.checkpoint import create_tokenizer
-
-    cfg = create_config("tiny", {"data.dataset": "digits", "semantic.enabled": False,
-                                 "codebook.source": str(tiny_llm), "codebook.max_size": None,
-                                 "codebook.word_list": None})
-    torch.manual_seed(0)
-    model = create_tokenizer(cfg)
-    run = tmp_path_factory.mktemp("tok")
-    save_checkpoint(run / CHECKPOINT_NAME, model, None, 0, cfg)
-    return run
+def tokenizer_run(tiny_tokenizer_run):
+    return tiny_tokenizer_run  # an untrained tiny SPAE on the tiny Llama's words (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -235,12 +224,12 @@ def test_resume_after_a_kill_gives_the_same_images(model, tiny_llm, tmp_path, mo
         run_generation(task, model, out=tmp_path / "resumed", **kwargs)
     monkeypatch.setattr(HFWordWriter, "compute", compute)
     resumed = run_generation(task, model, out=tmp_path / "resumed", **kwargs)
-    assert resumed["written"] == whole["written"]
-    assert torch.equal(resumed["decoded"]["generated"], whole["decoded"]["generated"])
-    assert resumed["config"]["calls_computed"] < whole["config"]["calls_computed"]
-    assert resumed["summary"]["every_word_in_codebook"]
+    assert resumed.written == whole.written
+    assert torch.equal(resumed.decoded["generated"], whole.decoded["generated"])
+    assert resumed.config["calls_computed"] < whole.config["calls_computed"]
+    assert resumed.summary["every_word_in_codebook"]
     again = run_generation(task, model, out=tmp_path / "resumed", **kwargs)
-    assert again["config"]["calls_computed"] == 0 and again["written"] == whole["written"]
+    assert again.config["calls_computed"] == 0 and again.written == whole.written
 
 
 def test_cli_writes_images_at_input_size_csv_prompts_and_cache(tokenizer_run, tiny_llm,
@@ -303,9 +292,9 @@ def test_generation_grid_draws_context_conditions_and_layers(conditions):
     from spae_lab.generate.figures import generation_grid
 
     images = torch.rand(2, 3, 8, 8)
-    result = {"by_layer": torch.rand(3, 2, 3, 8, 8), "context": [("7", images[0])],
-              "conditions": images if conditions == "images" else conditions,
-              "targets": images if conditions == "images" else None}
+    result = SimpleNamespace(by_layer=torch.rand(3, 2, 3, 8, 8), context=[("7", images[0])],
+                             conditions=images if conditions == "images" else conditions,
+                             targets=images if conditions == "images" else None)
     figure = generation_grid(result)
     assert len(figure.axes) == 3 * 5  # (1 context row + 2 queries) x (condition, 3 layers, target)
 
@@ -317,12 +306,12 @@ def test_edit_by_words_steers_the_coarse_decode_of_the_shipped_digits(tmp_path):
     from spae_lab.generate.edit import run_edit
 
     result = run_edit("digits", "seven", out=tmp_path / "edit", images=12)
-    judged = result["summary"]["judged_as_word"]
+    judged = result.summary["judged_as_word"]
     assert judged["original"][0] == 0.0  # only images not already read as a seven are edited
     assert judged["edited"][0] >= 0.75 > judged["random word"][0] + 0.25
-    names = list(result["records"]["image"])
+    names = list(result.records["image"])
     assert len(names) == 12 and (tmp_path / "edit" / "images" / f"{names[0]}_edited.png").exists()
-    assert set(result["records"]["new_word"]) == {"seven"}
+    assert set(result.records["new_word"]) == {"seven"}
 
 
 def test_edit_refuses_a_word_outside_the_codebook_in_one_line(tmp_path, capsys):
@@ -347,14 +336,14 @@ def test_inpaint_corruptions_change_only_the_centre_words(model, tiny_llm, tmp_p
     result = run_generation("inpaint", model, out=tmp_path / corruption, corruption=corruption, **kwargs)
     mask = T.region_mask(model.layout, T.task_box("inpaint", model.layout.grid))
     clean = T.pyramids_of(model.encode(torch.stack([subset[i]["image"] for i in range(3)])).ids)
-    for bad, rows in zip(result["inputs"], clean, strict=True):
+    for bad, rows in zip(result.inputs, clean, strict=True):
         for b, r, m in zip(bad, rows, mask, strict=False):
             assert all(x == y for x, y, hidden in zip(b, r, m, strict=True) if not hidden)
     if corruption == "masked":  # the hole's words: those of the grey-painted image, the same for all
         holed = model.encode(T.paint_region(torch.stack([subset[i]["image"] for i in range(3)]),
                                             T.task_box("inpaint", model.layout.grid), model.layout.grid))
         expect = [T.merge_masked(r, h, mask)[:3] for r, h in zip(clean, T.pyramids_of(holed.ids), strict=True)]
-        assert result["inputs"] == expect
+        assert result.inputs == expect
     with pytest.raises(GenerationError, match="corruption"):
         run_generation("inpaint", model, out=tmp_path / "bad", corruption="blur", **kwargs)
 
@@ -362,15 +351,17 @@ def test_inpaint_corruptions_change_only_the_centre_words(model, tiny_llm, tmp_p
 @pytest.mark.parametrize("task", ["class", "arithmetic"])
 def test_last_context_moves_the_examples_showing_the_asked_label_next_to_the_query(model, task):
     from spae_lab.data import make_dataset
-    from spae_lab.generate.run import GenerationConfig, _class_task
+    from spae_lab.generate.queries import build_digit_episodes
+    from spae_lab.generate.run import GenerationConfig
 
     data = make_dataset("digits", model.config.image_size, split="heldout")
     cfg = GenerationConfig(task=task, episodes=1, examples_per_class=2, arithmetic_examples=40)
-    groups = _class_task(model, cfg, data)
-    assert len(groups) == 10  # one context per query
-    for examples, queries, _, _ in groups:
-        asked = queries[0].conditions[0]
-        shown = [e.conditions[0] for e in examples]
+    episodes = build_digit_episodes(model, cfg, data)
+    assert len(episodes) == 10  # one context per query
+    assert len({n for e in episodes for n in e.names}) == 10  # every query its own output name
+    for episode in episodes:
+        asked = episode.queries[0].conditions[0]
+        shown = [e.conditions[0] for e in episode.examples]
         mine = shown.count(asked)
         assert len(shown) == (20 if task == "class" else 40)
         # the examples showing the asked label (not merely its value: 2+6 is not 1+7) come last

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_llm import CHOICES
 
-from spae_lab.llm.base import GenerationParams, LLMError
+from spae_lab.llm.base import GenerationParams, LLMError, cut_at_stop
 from spae_lab.llm.hf import HFBackend, build_trie
 
 
@@ -75,9 +75,12 @@ def test_cached_equals_naive(backend):
 
 def test_cached_path_leaves_prefix_cache_intact(backend):
     """Scoring the same query twice in one call gives the same numbers: no cache leaks between
-    queries (forward calls mutate caches in place)."""
+    queries (forward calls mutate caches in place). Equal up to rounding: packed at different
+    places of one row, the two copies sum their attention over different lengths."""
     rows = backend.score_shared_prefix("a photo of", [" the", " the", " a big"], [" cat", " dog"])
-    assert rows[0] == pytest.approx(rows[1], abs=1e-6)
+    assert rows[0] == pytest.approx(rows[1], abs=1e-5)
+    again = backend.score_shared_prefix("a photo of", [" the"], [" cat", " dog"])  # kept prefix
+    assert again[0] == pytest.approx(rows[0], abs=1e-5)
 
 
 def test_batched_generation_equals_single(backend):
@@ -96,8 +99,8 @@ def test_stop_strings_cut(backend):
     stop = text[3:5]
     cut = backend.generate([prompt], GenerationParams(max_new_tokens=12, stop=("zzz", stop)))[0]
     assert cut == text[: text.index(stop)]
-    assert HFBackend._cut_at_stop("ab\ncd.ef", (".", "\n")) == "ab"
-    assert HFBackend._cut_at_stop("abc", ("\n",)) == "abc"
+    assert cut_at_stop("ab\ncd.ef", (".", "\n")) == "ab"
+    assert cut_at_stop("abc", ("\n",)) == "abc"
     assert backend.generate(["a"], GenerationParams(max_new_tokens=0)) == [""]
 
 

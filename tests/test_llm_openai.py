@@ -34,6 +34,7 @@ from spae_lab.llm import (
     load_backend,
 )
 from spae_lab.llm.openai_compat import snap_to_choice
+from spae_lab.llm.openai_scoring import PROBE_TEXT
 from spae_lab.llm.transport import retry_after
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -182,8 +183,10 @@ def test_loglikelihood_sums_the_continuation_tokens(server):
     # A token straddling the boundary (" cat" after a prompt ending in a space) is counted.
     assert backend.loglikelihood("The animal is a ", ["cat"]) == pytest.approx(
         [fake_logprob("The animal is a", " cat")])
-    body = server.requests()[0]["body"]
-    assert body["echo"] is True and body["max_tokens"] == 0 and body["logprobs"] == 1
+    probe, _, body = (r["body"] for r in server.requests()[:3])
+    assert probe["prompt"] == PROBE_TEXT  # scoring="auto" asks once how the server echoes
+    # max_tokens=1: llama-cpp-python's server takes 0 as "no limit"
+    assert body["echo"] is True and body["max_tokens"] == 1 and body["logprobs"] == 1
 
 
 def test_score_shared_prefix_matches_loglikelihood(server):
@@ -371,7 +374,8 @@ def test_an_interrupted_episode_keeps_the_queries_already_scored(server, tmp_pat
     restart = time.time()
     backend = CachedBackend(OpenAIBackend(server.url, "m", **FAST), db)
     assert backend.score_shared_prefix(prefix, queries, conts) == reference
-    assert len(server.requests(since=restart)) == 5 * len(conts)  # only the 5 missing queries
+    scoring = [r for r in server.requests(since=restart) if r["prompt"] != PROBE_TEXT]
+    assert len(scoring) == 5 * len(conts)  # only the 5 missing queries
     assert backend.stats.cache_hits == 3
 
 

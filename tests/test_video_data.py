@@ -1,5 +1,7 @@
 """Moving scenes and digits (exact ground truth) and the clip readers (GIF, MP4, frame folders)."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,17 @@ def test_clip_folder_dataset(tmp_path):
     (empty / "a").mkdir(parents=True)
     with pytest.raises(ClipError, match="no clips found"):
         ClipFolderDataset(empty, 32, 8)
+
+
+def test_a_fifo_is_refused_at_once_and_a_failed_write_keeps_the_old_file(tmp_path):
+    fifo = tmp_path / "pipe.gif"
+    os.mkfifo(fifo)
+    with pytest.raises(ClipError, match="not a regular file"):
+        load_clip(fifo)  # a blocking open would wait forever for a writer
+    path = save_clip(torch.rand(3, 2, 8, 8), tmp_path / "kept.gif")
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        save_clip(torch.rand(5, 2, 8, 8), path)  # 5 channels: fails inside the write, the old file stays
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(ClipError, match=".gif or .mp4"):
+        save_clip(torch.rand(3, 2, 8, 8), tmp_path / "clip.txt")

@@ -85,11 +85,11 @@ def test_vqa_scores_exactly_against_the_truth(backend):
 def test_fewshot_on_clips_runs_the_image_protocol(clip_model, backend, tmp_path):
     data, _ = _clips(24)
     config = FewShotConfig(ways=(2,), settings=select_settings("T-1s-0r"), names=("real",), episodes=2)
-    records, summary, texts = run_clip_fewshot(data, {"clips": ClipTexts(clip_model, 2)}, backend, config, tmp_path)
+    result = run_clip_fewshot(data, {"clips": ClipTexts(clip_model, 2)}, backend, config, tmp_path)
     assert (tmp_path / "episodes.json").exists()
-    assert set(summary["method"]) == {"clips", "word overlap clips (no LLM)"}
-    assert len(records[records["method"] == "clips"]) == 4  # 2 episodes x 2 queries
-    assert all(len(t.split()) == 2 for t in texts["clips"].values())
+    assert set(result.summary["method"]) == {"clips", "word overlap clips (no LLM)"}
+    assert len(result.records[result.records["method"] == "clips"]) == 4  # 2 episodes x 2 queries
+    assert all(len(t.split()) == 2 for t in result.texts["clips"].values())
 
 
 def test_continuation_masks_and_fills():
@@ -111,14 +111,14 @@ def test_continuation_writes_only_the_later_tokens(clip_model, backend, tmp_path
     config = ContinuationConfig(known_frames=2, examples=2, clips=2, layers=3,
                                 decode=DecodeConfig(vocabulary="codebook"))
     result = run_continuation(clip_model, train, heldout, backend, tmp_path, config, progress=False)
-    summary = result["summary"]
+    summary = result.summary
     assert summary["every_word_in_codebook"] and summary["calls_computed"] > 0
     assert {"psnr_later: LLM", "psnr_later: no-LLM fill", "psnr_later: copy the last frame (pixels)"} <= set(summary)
     mask = later_mask(clip_model.layout, 1)
     frozen = clip_model.encode(freeze_after(torch.stack([heldout[i]["video"] for i in range(2)]), 2))
-    for k, written in enumerate(result["written"]):
+    for k, written in enumerate(result.written):
         for layer, (rows, layer_mask) in enumerate(zip(written, mask, strict=False)):
             given = frozen.ids[layer][k].tolist()
             assert all(r == g for r, g, m in zip(rows, given, layer_mask, strict=True) if not m)
     again = run_continuation(clip_model, train, heldout, backend, tmp_path, config, progress=False)
-    assert again["summary"]["calls_computed"] == 0 and again["written"] == result["written"]  # the cache
+    assert again.summary["calls_computed"] == 0 and again.written == result.written  # the cache

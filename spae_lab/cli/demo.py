@@ -98,7 +98,7 @@ def train_scenes(out: Path, steps: int | None = None, minutes: float | None = No
     return result
 
 
-def show_fewshot(out: Path, episodes: int = 40, progress: bool = True) -> dict:
+def show_fewshot(out: Path, episodes: int = 20, progress: bool = True):
     """Few-shot classification of the shipped CIFAR-10 sample by SmolLM2: SPAE's top word (layer 1)
     against the LQAE-style baseline's 64 words, printed with 95% intervals and chance."""
     from spae_lab.reading.episodes import FewShotConfig, select_settings
@@ -112,7 +112,7 @@ def show_fewshot(out: Path, episodes: int = 40, progress: bool = True) -> dict:
     result = run_experiment(out, "cifar10", baseline="cifar10-lqae", dataset="cifar10-sample",
                             max_per_class=None, references=("teacher",), config=config,
                             progress=progress)
-    for row in result["summary"].itertuples():
+    for row in result.summary.itertuples():
         chance = 1 / row.ways
         verdict = "above chance" if row.ci_low > chance else "NOT above chance"
         print(f"  {row.ways}-way {row.method:32s} {100 * row.accuracy:5.1f}% "
@@ -143,7 +143,7 @@ def run_notebooks(out: Path, scenes_tokenizer: str, reports_dir: str | Path, tra
 
 
 def run_demo(out: str | Path = "runs/demo", *, train_first: bool = False, steps: int | None = None,
-             minutes: float | None = None, fresh: bool = False, episodes: int = 40,
+             minutes: float | None = None, fresh: bool = False, episodes: int = 20,
              fewshot: bool = True, reports_dir: str | Path | None = "reports",
              notebook_timeout: float | None = 300, progress: bool = True) -> list | None:
     """The whole demo (see the module docstring); returns the report runs (None without reports)."""

@@ -101,6 +101,12 @@ def resume_or_force(p: argparse.ArgumentParser, what: str) -> None:
                       "files are removed)")
 
 
+def force(p: argparse.ArgumentParser, what: str) -> None:
+    """--force for a command that owns its --out folder and resumes its own run there by itself."""
+    p.add_argument("--force", action="store_true", help=f"replace another {what} in --out (only its "
+                   "own files are removed); without it, the same run resumes and another is refused")
+
+
 def config(p: argparse.ArgumentParser) -> None:
     """The training config: a preset, a YAML file, --set pairs and shortcuts (see `config_overrides`)."""
     p.add_argument("--preset", default="small", choices=list_presets() + list_clip_presets())
@@ -132,6 +138,11 @@ def llm(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-retries", type=integer(0, 100), default=6, help="openai backends: retries per request")
     p.add_argument("--llm-concurrency", type=integer(1, 256), default=4,
                    help="openai backends: parallel requests")
+    p.add_argument("--llm-scoring", choices=["auto", "echo", "next-token"], default="auto",
+                   help="openai backends: score answers from prompt logprobs (echo: vLLM, OpenAI), from "
+                   "the top next tokens (next-token: llama-cpp-python's server), or find out (auto)")
+    p.add_argument("--llm-top-logprobs", type=integer(1, 1_000_000), default=20,
+                   help="openai backends, next-token scoring: how many likeliest next tokens to ask for")
 
 
 def load_llm(args):
@@ -142,7 +153,8 @@ def load_llm(args):
     from spae_lab.llm import load_backend
 
     return load_backend(args.backend, endpoint=args.llm_endpoint, timeout=args.llm_timeout,
-                        max_retries=args.llm_retries, concurrency=args.llm_concurrency)
+                        max_retries=args.llm_retries, concurrency=args.llm_concurrency,
+                        scoring=args.llm_scoring, top_logprobs=args.llm_top_logprobs)
 
 
 def decodings(p: argparse.ArgumentParser, default: list[str]) -> None:

@@ -22,8 +22,8 @@ def cmd_generate(args) -> int:
         if not args.word:
             raise GenerationError("edit needs --word WORD (a codebook word to put on top)")
         result = run_edit(args.tokenizer, args.word, input=args.input, out=args.out,
-                          images=args.images, seed=args.seed)
-        print(json.dumps(result["summary"], indent=2))
+                          images=args.images, seed=args.seed, force=args.force)
+        print(json.dumps(result.summary, indent=2))
         print(f"images (NAME_original.png, NAME_edited.png) and results.csv in {args.out}")
         return 0
     start, end, count = args.schedule
@@ -40,8 +40,10 @@ def cmd_generate(args) -> int:
         schedule=CorruptionSchedule(start, end, int(count)))
     result = run_generation(args.task, args.tokenizer, input=args.input, out=args.out,
                             backend=flags.load_llm(args), config=config, context=args.context,
-                            progress=not args.quiet)
-    print(json.dumps(result["summary"], indent=2))
+                            progress=not args.quiet, force=args.force)
+    print(json.dumps(result.summary, indent=2))
+    if "verdict" in result.summary:
+        print(result.summary["verdict"])
     print(f"images, results.csv, prompts and the LLM cache in {args.out}")
     return 0
 
@@ -58,7 +60,9 @@ def register(sub) -> None:
                    "training archive is not here)")
     p.add_argument("--context", help="where in-context examples come from (same kinds as "
                    "--input); default: the input images, queries never among them")
-    flags.out(p, "runs/generate", "folder for images, CSV, prompts, cache")
+    flags.out(p, "runs/generate", "folder for images, CSV, prompts, cache; the same run there resumes, "
+              "another is refused unless --force")
+    flags.force(p, "generation")
     flags.llm(p)
     p.add_argument("--images", type=integer(0, 100_000), default=20, help="image tasks: query images (0 = all)")
     p.add_argument("--examples", type=integer(1, 1000), default=10, help="image tasks: in-context example pairs")

@@ -14,6 +14,7 @@ import sys
 
 from spae_lab.cli import flags, generate, reading, reports, tokenizer
 from spae_lab.errors import SpaeError
+from spae_lab.io import describe_os_error
 
 # SpaeError: every library error a user can fix (bad key, missing dataset, dead endpoint, ...).
 # OSError: a read-only or full disk, a missing file. FloatingPointError: a diverging run ("loss
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug or not is_user_error(e):
             raise
-        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever was said
+        reason = describe_os_error(e) if isinstance(e, OSError) else None  # "[Errno 17] File exists"
+        message = reason or " ".join(str(e).split()) or type(e).__name__  # one line, whatever was said
         print(f"spae-lab {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ def cmd_fewshot(args) -> int:
                             layers=args.layers, baseline_max_tokens=args.baseline_max_tokens,
                             backend=flags.load_llm(args), references=tuple(args.references),
                             config=config, progress=not args.quiet)
-    print(result["paths"]["table_md"].read_text())
+    print(result.paths["table_md"].read_text())
     print(f"tables and per-query records in {args.out}")
     return 0
 
@@ -33,9 +33,9 @@ def cmd_scene_qa(args) -> int:
                           num_examples=args.examples, num_queries=args.queries,
                           decodings=tuple(args.decoding), seed=args.seed, progress=not args.quiet)
     print("VQA on held-out scenes (accuracy, 95% CI):")
-    print(to_markdown(result["vqa"].round(3)))
+    print(to_markdown(result.vqa.round(3)))
     print("Captioning (fraction of captions naming ...):")
-    print(to_markdown(result["captioning"].round(3)))
+    print(to_markdown(result.captioning.round(3)))
     print(f"captions and tables in {args.out}")
     return 0
 

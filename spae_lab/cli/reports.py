@@ -58,7 +58,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=integer(1, 10_000_000), help="with --train: steps (default: the recipe's)")
     p.add_argument("--minutes", type=number(0, above=True), help="with --train: optional wall-clock budget")
     p.add_argument("--fresh", action="store_true", help="with --train: retrain even if --out holds a checkpoint")
-    p.add_argument("--episodes", type=integer(1, 10_000), default=40, help="few-shot episodes per way")
+    p.add_argument("--episodes", type=integer(1, 10_000), default=20,
+                   help="few-shot episodes per way (each way's intervals are printed beside it)")
     p.add_argument("--no-fewshot", dest="no_fewshot", action="store_true", help="skip the few-shot part")
     p.add_argument("--reports", default="reports", help="folder of the notebook reports")
     p.add_argument("--no-reports", dest="no_reports", action="store_true", help="skip the notebook reports")
@@ -75,7 +76,7 @@ def register(sub) -> None:
     p.add_argument("--tag", default="default", help="run name: reports/<date>_<notebook>_<tag>/")
     flags.out(p, "reports", "reports folder")
     p.add_argument("--show-code", dest="show_code", action="store_true", help="keep code cells in the HTML")
-    p.add_argument("--timeout", type=number(0, above=True), help="seconds one cell may run")
+    p.add_argument("--timeout", type=number(0, above=True), help="seconds one cell may run (default 600)")
     p.add_argument("--notebooks-dir", dest="notebooks_dir", help="where to look for notebooks (./notebooks)")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
     p.add_argument("--index-only", dest="index_only", action="store_true", help="only rewrite index.html")

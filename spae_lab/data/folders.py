@@ -14,8 +14,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from torch.utils.data import Dataset
 
-from spae_lab.data.images import IMAGE_EXTENSIONS, DataError, _decode_uint8, _to_tensor
+from spae_lab.data.images import IMAGE_EXTENSIONS, DataError, _to_tensor, decode_image
 from spae_lab.data.splits import _check_index, _class_seed, _normalise_split, _split_positions
+from spae_lab.io import is_regular_file
 
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Archive members are read into memory before decoding, so their sizes are capped: a photo is a
@@ -65,16 +66,22 @@ def _entry_for(relpath: str, root_class: str) -> _Entry | None:
     return _Entry(relpath, unicodedata.normalize("NFC", parts[-2] if len(parts) > 1 else root_class))
 
 
-def _scan_folder(root: Path) -> list[_Entry]:
-    entries = []
+def _scan_folder(root: Path) -> tuple[list[_Entry], list[str]]:
+    """Image entries of a folder, plus the image names that are not regular files (FIFOs,
+    devices, sockets: opening a FIFO waits for a writer), which are left out."""
+    entries, irregular = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden([d]))
         for filename in filenames:
             relpath = Path(dirpath, filename).relative_to(root).as_posix()
             entry = _entry_for(relpath, root.name)
-            if entry is not None:
+            if entry is None:
+                continue
+            if is_regular_file(root / relpath):
                 entries.append(entry)
-    return entries
+            else:
+                irregular.append(relpath)
+    return entries, irregular
 
 
 def _safe_member_name(name: str) -> str | None:
@@ -89,8 +96,10 @@ def _safe_member_name(name: str) -> str | None:
 
 
 def _scan_archive(archive: tarfile.TarFile, root_class: str) -> tuple[list[_Entry], list[str]]:
-    """Image entries of an open archive, plus the names of unsafe members that were ignored."""
-    entries, unsafe = [], []
+    """Image entries of an open archive, plus the names of unsafe members that were ignored. Of
+    members sharing a name, the last one is the image (what extracting the archive leaves)."""
+    entries: dict[str, _Entry] = {}
+    unsafe = []
     for member in archive.getmembers():
         if not member.isfile():  # links and devices are never followed
             continue
@@ -101,8 +110,9 @@ def _scan_archive(archive: tarfile.TarFile, root_class: str) -> tuple[list[_Entr
         entry = _entry_for(name, root_class)
         if entry is not None:
             entry.member = member
-            entries.append(entry)
-    return entries, unsafe
+            entries.pop(name, None)  # a later member of the same name replaces the earlier one
+            entries[name] = entry
+    return list(entries.values()), unsafe
 
 
 def _is_archive(path: Path) -> bool:
@@ -140,7 +150,9 @@ class ImageFolderDataset(Dataset):
     Archive members over ``MAX_MEMBER_BYTES`` are never read: they count as unreadable files.
 
     Items: {"image": (3, S, S) float32, "label": int, "caption": "a photo of a <class>",
-    "path": str}. ``skipped`` lists (path, reason) of unreadable files found so far.
+    "path": str, "width": int, "height": int} (the file's size as shown, EXIF rotation applied).
+    Images past the bounds of `spae_lab.data.images` (side, pixels, aspect ratio) and names that
+    are not regular files count as unreadable. ``skipped`` lists (path, reason) of unreadable files found so far.
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int = 32, split: str = "all",
@@ -176,10 +188,16 @@ class ImageFolderDataset(Dataset):
         if not self.root.exists():
             raise DataError(f"dataset path not found: {self.root}")
         if self.root.is_dir():
-            self._set_entries(self._select(_scan_folder(self.root), fraction, cap))
+            found, irregular = _scan_folder(self.root)
+            if irregular:
+                warnings.warn(f"left out {len(irregular)} image names in {self.root} that are not "
+                              f"regular files (FIFOs, devices), e.g. {irregular[0]!r}", stacklevel=3)
+            self._set_entries(self._select(found, fraction, cap))
             if self.preload:
                 self._preload_all((i, path) for i, path in enumerate(self.paths))
             return
+        if not is_regular_file(self.root):
+            raise DataError(f"{self.root} is neither a folder nor a regular file (a FIFO or device)")
         if not _is_archive(self.root):
             raise DataError(f"{self.root} is neither a folder nor a tar archive "
                             f"({', '.join(_ARCHIVE_SUFFIXES)})")
@@ -225,6 +243,9 @@ class ImageFolderDataset(Dataset):
 
     def _set_entries(self, entries: list[_Entry]) -> None:
         self.paths = [(self.root / entry.relpath).as_posix() for entry in entries]
+        self.sizes: list[tuple[int, int] | None] = [None] * len(entries)  # (width, height) once decoded
+        # every image directly in the root: the one "class" is the folder's own name, no label
+        self.flat = all("/" not in entry.relpath for entry in entries)
         self.labels = np.array([self.class_to_idx[e.class_name] for e in entries], np.int64)
 
     def _check_held_size(self, entries: list[_Entry]) -> None:
@@ -248,12 +269,13 @@ class ImageFolderDataset(Dataset):
 
     def _decode(self, i: int, source: str | bytes | DataError | None = None) -> np.ndarray:
         """Decode entry i from ``source`` (file path, bytes or the error that kept it unread),
-        by default from its held bytes or its path."""
+        by default from its held bytes or its path; its size as shown goes to ``self.sizes``."""
         if source is None:
             source = self._blobs[i] if self._blobs is not None else self.paths[i]
         if isinstance(source, DataError):
             raise source
-        return _decode_uint8(source, self.image_size, name=self.paths[i])
+        array, self.sizes[i] = decode_image(source, self.image_size, name=self.paths[i])
+        return array
 
     def _preload_all(self, sources: Iterable[tuple[int, str | bytes | DataError]]) -> None:
         """Decode every entry once, from (position, path or bytes) pairs in any order; drop
@@ -275,6 +297,7 @@ class ImageFolderDataset(Dataset):
                             f"(first: {self.skipped[0][0]}: {self.skipped[0][1]})")
         keep = sorted(arrays)
         self.paths = [self.paths[i] for i in keep]
+        self.sizes = [self.sizes[i] for i in keep]
         self.labels = self.labels[keep]
         self._images = np.stack([arrays.pop(i) for i in keep])
         if self.skipped:
@@ -313,8 +336,10 @@ class ImageFolderDataset(Dataset):
 
     def _item(self, i: int, array: np.ndarray) -> dict:
         label = int(self.labels[i])
+        width, height = self.sizes[i]
         return {"image": _to_tensor(array), "label": label,
-                "caption": f"a photo of a {self.classes[label]}", "path": self.paths[i]}
+                "caption": f"a photo of a {self.classes[label]}", "path": self.paths[i],
+                "width": width, "height": height}
 
 
 def _reason(exc: DataError, path: str) -> str:

@@ -2,12 +2,19 @@
 
 Images are decoded with PIL + numpy only (no torchvision). Every failure is a :class:`DataError`
 that names the file, so datasets can skip it or report it in one line.
+
+An image is bounded on the size its header states, before a pixel is decoded: each side
+(`MAX_IMAGE_SIDE`), the pixel count (`MAX_IMAGE_PIXELS`) and the aspect ratio (`MAX_ASPECT_RATIO`).
+A 330 KB PNG can state 1 x 170 M pixels: under PIL's own cap, and a center crop of it keeps one
+pixel. Only regular files are opened (a FIFO named `x.png` would wait forever for a writer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,6 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from spae_lab.errors import SpaeError
+from spae_lab.io import open_regular_file
 
 
 class DataError(SpaeError, ValueError):
@@ -24,6 +32,12 @@ class DataError(SpaeError, ValueError):
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
+# Bounds on an input image, checked on its header (the tokenizers read 32-128 px; a camera's photo
+# is about 6000 x 4000). Past them an image is refused like any unreadable file.
+MAX_IMAGE_SIDE = 16384  # px, either side
+MAX_IMAGE_PIXELS = 8192 * 8192  # 67 M pixels: 200 MB decoded as RGB
+# longer side / shorter side: a 3 x 400 strip still reads (its centre square), a 1 x 16384 line not
+MAX_ASPECT_RATIO = 256
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WHITE = (255, 255, 255, 255)
 
@@ -101,24 +115,51 @@ def _source_name(path_or_bytes: Any, name: str | None) -> str:
     return "<in-memory image>"
 
 
-def _decode_uint8(path_or_bytes: Any, image_size: int, name: str | None = None) -> np.ndarray:
-    """Decode, center-crop and resize one image -> uint8 array (S, S, 3).
+def check_image_size(width: int, height: int) -> None:
+    """DataError (the reason alone) for an image past the stated bounds (module docstring)."""
+    if min(width, height) < 1:
+        raise DataError(f"{width} x {height} pixels: an empty image")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise DataError(f"{width} x {height} pixels: a side over the {MAX_IMAGE_SIDE} px limit")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{width} x {height} pixels: over the limit of {MAX_IMAGE_PIXELS:,} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise DataError(f"{width} x {height} pixels: an aspect ratio over {MAX_ASPECT_RATIO}:1")
 
-    Raises DataError naming the file when it cannot be read or decoded.
+
+def _open_source(path_or_bytes: Any):
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(path_or_bytes))
+    if isinstance(path_or_bytes, (str, os.PathLike)):
+        return open_regular_file(path_or_bytes)
+    return contextlib.nullcontext(path_or_bytes)  # the caller's file object: it closes it
+
+
+def decode_image(path_or_bytes: Any, image_size: int, name: str | None = None
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode, center-crop and resize one image -> (uint8 array (S, S, 3), its (width, height) as
+    shown, after EXIF rotation).
+
+    Raises DataError naming the file when it cannot be read or decoded, or is past the bounds.
     """
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    source = path_or_bytes
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = io.BytesIO(bytes(source))
     label = _source_name(path_or_bytes, name)
     try:
-        with Image.open(source) as img:
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(_open_source(path_or_bytes))
+            with warnings.catch_warnings():  # the bounds below are stricter than PIL's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = stack.enter_context(Image.open(source))
+            check_image_size(*img.size)
+            width, height = img.size
             # Let the JPEG decoder downscale by 2/4/8 while decoding: large photos decode many
             # times faster. Ask for 2x the target so the final LANCZOS still anti-aliases.
             img.draft(None, (2 * image_size, 2 * image_size))
             img.load()  # force the full decode now, so truncated files fail here
+            drafted = img.size
             img = ImageOps.exif_transpose(img)  # phone photos store rotation in EXIF
+            shown = (height, width) if img.size == drafted[::-1] != drafted else (width, height)
             rgb = _resize_square(to_rgb(img), image_size)
             array = np.asarray(rgb, dtype=np.uint8)
     except Exception as exc:  # PIL plugins raise many exception types on malformed input
@@ -130,7 +171,7 @@ def _decode_uint8(path_or_bytes: Any, image_size: int, name: str | None = None) 
         elif isinstance(path_or_bytes, (str, os.PathLike)) and _is_empty_file(path_or_bytes):
             reason = "empty file"
         raise DataError(f"cannot read image {label}: {reason}") from exc
-    return array.reshape(image_size, image_size, 3)
+    return array.reshape(image_size, image_size, 3), shown
 
 
 def _is_empty_file(path: str | os.PathLike) -> bool:
@@ -153,4 +194,4 @@ def load_image(path_or_bytes: Any, image_size: int, *, name: str | None = None) 
     The image is converted to RGB (see :func:`to_rgb`), center-cropped to a square and resized
     to ``image_size``. ``name`` is only used in error messages. Raises DataError on failure.
     """
-    return _to_tensor(_decode_uint8(path_or_bytes, image_size, name))
+    return _to_tensor(decode_image(path_or_bytes, image_size, name)[0])

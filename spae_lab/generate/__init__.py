@@ -2,12 +2,16 @@
 
     from spae_lab.generate import run_generation
     result = run_generation("class", "digits", out="runs/generate_class")
-    result["summary"]["accuracy"]     # share of generated digits recognised as the requested one
+    result.summary["accuracy"]     # share of generated digits recognised as the requested one
+    result.summary["verdict"]      # the same against chance and the judge's reliability
 
 - `decode`: progressive in-context decoding (layer by layer, a few words per call, restricted to
   the codebook's words), the word writers and their SQLite cache;
 - `tasks`: corruptions (`CorruptionSchedule`, V2L's preset), prompts, no-LLM fills;
-- `run`: `run_generation`, the files it writes and its metrics;
+- `queries`: what a run asks: its images and their names, `ImageTask`, `DigitEpisode`;
+- `outputs`: the files' names and sizes, the PNGs, the prompts files, `--out` owned
+  (`GenerationFolder`: locked, resumed, or replaced with `force`);
+- `run`: `run_generation` (a `GenerationResult`) and its metrics;
 - `edit`: editing by words (`run_edit`: the top word swapped, the pyramid decoded; no LLM);
 - `figures`: the grid of context, condition and outputs per layer.
 
@@ -23,7 +27,8 @@ _EXPORTS = {
     "DecodeConfig": "spae_lab.generate.decode",
     "progressive_decode": "spae_lab.generate.decode",
     "GenerationConfig": "spae_lab.generate.run",
-    "GenerationError": "spae_lab.generate.run",
+    "GenerationError": "spae_lab.generate.queries",
+    "GenerationResult": "spae_lab.generate.run",
     "run_generation": "spae_lab.generate.run",
     "run_edit": "spae_lab.generate.edit",
     "TASKS": "spae_lab.generate.tasks",

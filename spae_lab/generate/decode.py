@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from spae_lab.io import sha256_text
 from spae_lab.llm.base import GenerationParams, LLMError
 from spae_lab.llm.cache import CachedBackend
 
@@ -77,6 +77,12 @@ class Query:
     written: list[list[int]] = field(default_factory=list)
 
 
+def prompt_id(text: str) -> str:
+    """A prompt's (or prefix's) id: the first 16 hex digits of its SHA-256 (prompts.jsonl refers
+    to prefixes.jsonl by it; it also seeds sampling and keys cached answers)."""
+    return sha256_text(text)[:16]
+
+
 def words_text(rows_by_layer: Sequence[Sequence[int]], words: Sequence[str]) -> str:
     """' w w | w w w w | ...': the words of the given layers, each with its leading space."""
     return LAYER_SEPARATOR.join("".join(" " + words[r] for r in rows) for rows in rows_by_layer)
@@ -108,11 +114,11 @@ class WordWriter:
 
     def request(self, prefix: str, query: str, count: int) -> dict:
         # the prefix by its SHA-256 (prefixes.jsonl holds the texts): rows stay small
-        prefix_sha256 = hashlib.sha256(prefix.encode()).hexdigest()
+        prefix_sha256 = sha256_text(prefix)
         return self.llm.request("write_words", prefix_sha256=prefix_sha256, query=query, count=count,
                                 vocabulary=self.vocabulary_id, kind=type(self).__name__,
                                 decode=dataclasses.asdict(self.config),
-                                allowed=_sha(str(getattr(self, "_allowed_steps", None))))
+                                allowed=prompt_id(str(getattr(self, "_allowed_steps", None))))
 
     def write(self, prefix: str, head: str, body: str, count: int,
               allowed: Sequence[Sequence[int]] | None = None) -> list[int]:
@@ -129,15 +135,11 @@ class WordWriter:
             rows = self.compute(prefix, head, body, count)
             self.calls += 1
             self.llm.cache.put(key, "write_words", request, rows)
-        self.prompts.append({"prefix_sha": _sha(prefix), "query": head + body, "answer": rows})
+        self.prompts.append({"prefix_sha": prompt_id(prefix), "query": head + body, "answer": rows})
         return rows
 
     def compute(self, prefix: str, head: str, body: str, count: int) -> list[int]:
         raise NotImplementedError
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class HFWordWriter(WordWriter):
@@ -226,7 +228,7 @@ class HFWordWriter(WordWriter):
     def _pick(self, scores: torch.Tensor, prefix: str, query: str, step: int) -> int:
         if self.config.temperature <= 0:
             return int(scores.argmax())
-        seed = int(_sha(f"{self.config.seed}|{_sha(prefix)}|{query}|{step}"), 16) % (2**63)
+        seed = int(prompt_id(f"{self.config.seed}|{prompt_id(prefix)}|{query}|{step}"), 16) % (2**63)
         generator = torch.Generator().manual_seed(seed)
         probs = torch.softmax(scores / self.config.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))

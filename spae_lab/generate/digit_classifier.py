@@ -13,7 +13,6 @@ weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -130,26 +129,17 @@ def train_digit_classifier(config: ClassifierConfig = ClassifierConfig(), tokeni
     return DigitClassifier(net, config)
 
 
-def _tokenizer_fingerprint(tokenizer) -> str:
-    if tokenizer is None:
-        return "none"
-    h = hashlib.sha256()
-    for name, tensor in sorted(tokenizer.trainable_state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_digit_classifier(tokenizer=None, config: ClassifierConfig = ClassifierConfig(),
                           use_cache: bool = True, progress: bool = False) -> DigitClassifier:
     """The classifier from the cache folder, trained (and stored) on first use."""
     from safetensors.torch import load_file, save_file
 
     from spae_lab.assets import cache_dir
-    from spae_lab.io import atomic_write_path
+    from spae_lab.checkpoint import weights_fingerprint
+    from spae_lab.io import atomic_write_path, sha256_text
 
-    key = hashlib.sha256(json.dumps([asdict(config), _tokenizer_fingerprint(
-        tokenizer if config.with_reconstructions else None), 1]).encode()).hexdigest()[:16]
+    fingerprint = weights_fingerprint(tokenizer) if tokenizer is not None and config.with_reconstructions else "none"
+    key = sha256_text(json.dumps([asdict(config), fingerprint, 1]))[:16]
     path = cache_dir() / "digit_classifier" / f"{key}.safetensors"
     if use_cache and path.exists():
         net = DigitCNN()

@@ -14,14 +14,15 @@ def _show(ax, image: torch.Tensor | None = None, title: str = "") -> None:
         ax.set_title(title, fontsize=7)
 
 
-def generation_grid(result: dict, max_queries: int = 6, max_context: int = 8):
-    """A matplotlib figure of a `run_generation` result: the first row shows in-context examples
-    (their target images), each further row one query: condition, outputs per layer, target."""
+def generation_grid(result, max_queries: int = 6, max_context: int = 8):
+    """A matplotlib figure of a `run_generation` result (`GenerationResult`): the first row shows
+    in-context examples (their target images), each further row one query: condition, outputs per
+    layer, target."""
     import matplotlib.pyplot as plt
 
-    by_layer = result["by_layer"]  # (L, B, 3, S, S)
+    by_layer = result.by_layer  # (L, B, 3, S, S)
     layers, count = by_layer.shape[0], min(max_queries, by_layer.shape[1])
-    context = result.get("context", [])[:max_context]
+    context = result.context[:max_context]
     columns = max(layers + 2, len(context), 1)
     fig, axes = plt.subplots(count + 1, columns, figsize=(1.2 * columns, 1.3 * (count + 1)),
                              squeeze=False)
@@ -29,8 +30,7 @@ def generation_grid(result: dict, max_queries: int = 6, max_context: int = 8):
         caption, image = context[j] if j < len(context) else ("", None)
         _show(axes[0, j], image, caption)
     axes[0, 0].set_title(("context: " + context[0][0]) if context else "no examples", fontsize=7)
-    conditions = result.get("conditions")
-    targets = result.get("targets")
+    conditions, targets = result.conditions, result.targets
     for i in range(count):
         row = axes[i + 1]
         condition = conditions[i] if conditions is not None else None

@@ -29,7 +29,7 @@ from spae_lab.llm.spec import DEFAULT_OPENAI_BASE_URL, BackendSpec, parse_backen
 
 __all__ = ["DEFAULT_OPENAI_BASE_URL", "BackendSpec", "CachedBackend", "CallStats",
            "GenerationParams", "HFBackend", "LLMBackend", "LLMError", "OpenAIBackend",
-           "load_backend", "parse_backend_spec"]
+           "load_backend", "load_lazily", "parse_backend_spec"]
 
 # The backends pull in torch and transformers, or requests: imported on first use, so that checking
 # a spec (`parse_backend_spec`, which the command line can run first) loads neither.
@@ -40,6 +40,14 @@ def __getattr__(name: str):
     if name in _BACKENDS:
         return getattr(importlib.import_module(_BACKENDS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_lazily(backend: str | LLMBackend) -> LLMBackend:
+    """A backend object as is; a spec loaded, a local model's weights only on first use (behind
+    a `CachedBackend`, a rerun answered from its file never loads them)."""
+    if not isinstance(backend, str):
+        return backend
+    return load_backend(backend, **({"lazy": True} if parse_backend_spec(backend).kind == "hf" else {}))
 
 
 def load_backend(spec: str, **kwargs) -> LLMBackend:

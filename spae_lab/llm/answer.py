@@ -38,12 +38,7 @@ def choose(backend: LLMBackend, prefix: str, queries: Sequence[str], answers: Se
     """
     continuations = [" " + a for a in answers]
     if decoding == "likelihood":
-        asked = list(queries) + ([content_free] if content_free is not None else [])
-        scores = backend.score_shared_prefix(prefix, asked, continuations)
-        if content_free is not None:
-            prior = scores[-1]
-            scores = [[s - p for s, p in zip(row, prior, strict=True)] for row in scores[:-1]]
-        return [max(range(len(answers)), key=row.__getitem__) for row in scores]
+        return backend.rank_shared_prefix(prefix, list(queries), continuations, content_free)
     if decoding == "constrained":
         out = backend.generate_shared_prefix(prefix, list(queries), params, choices=continuations)
         return [continuations.index(a) if a in continuations else None for a in out]

@@ -68,6 +68,35 @@ class CallStats:
         self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """`text` up to (without) its earliest stop string: every backend cuts client-side too,
+    because servers may ignore some stops or take only a few."""
+    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def best_index(scores: list[float | None], prior: list[float] | None = None) -> int:
+    """Index of the highest score (minus `prior`, the content-free query's scores, when given);
+    the first of equal ones; None entries (candidates dropped as unable to win) are skipped."""
+    adjusted = [(s - (prior[c] if prior else 0.0), -c) for c, s in enumerate(scores) if s is not None]
+    return -max(adjusted)[1]
+
+
+def cannot_win(row: list[float], candidate: int, targets: list[list[int]],
+               prior: list[float] | None) -> bool:
+    """True if `candidate` (of several tokens, `row[candidate]` its first token's log-prob) loses
+    to a candidate already complete in `row` (one token or none) whatever its next tokens: they
+    can only lower its score. Exact, ties included (an equal score wins only from a lower
+    index)."""
+    shift = prior or [0.0] * len(row)
+    complete = [c for c, t in enumerate(targets) if len(t) <= 1]
+    if not complete:
+        return False
+    best = max(complete, key=lambda c: (row[c] - shift[c], -c))
+    bound, top = row[candidate] - shift[candidate], row[best] - shift[best]
+    return bound < top or (bound == top and candidate > best)
+
+
 def in_order(pairs, count: int) -> list:
     """(index, answer) pairs that arrive in any order -> the answers as a list in index order."""
     answers = dict(pairs)
@@ -100,6 +129,22 @@ class LLMBackend:
                             continuations: list[str]) -> list[list[float]]:
         """(len(queries), len(continuations)) log-likelihoods of continuation | prefix + query."""
         return [self.loglikelihood(prefix + q, continuations) for q in queries]
+
+    def rank_shared_prefix(self, prefix: str, queries: list[str], continuations: list[str],
+                           content_free: str | None = None) -> list[int]:
+        """Index of the most likely continuation after prefix + each query (the first of equal
+        ones). With `content_free` (a query whose image says nothing), each continuation's score
+        for it is subtracted first (calibration, Zhao et al. 2021). By default from
+        `score_shared_prefix`; a backend may score less as long as the answers are the same."""
+        asked = list(queries) + ([content_free] if content_free is not None else [])
+        scores = self.score_shared_prefix(prefix, asked, continuations)
+        prior = scores.pop() if content_free is not None else None
+        return [best_index(row, prior) for row in scores]
+
+    def rank_shared_prefix_iter(self, prefix: str, queries: list[str], continuations: list[str],
+                                content_free: str | None = None) -> Iterator[tuple[int, int]]:
+        """Yield (index into queries, best continuation); same answers as `rank_shared_prefix`."""
+        yield from enumerate(self.rank_shared_prefix(prefix, queries, continuations, content_free))
 
     # Streaming variants: the same answers, yielded as (index, answer) in any order as they become
     # available, so a caller (the response cache) can store each one at once and an interrupted run

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from spae_lab.io import remove_links
 from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, in_order
 
 SCHEMA_VERSION = 1  # part of every key: bump it if the meaning of a stored answer changes
@@ -51,6 +52,8 @@ class ResponseCache:
         except OSError as err:
             raise LLMError(f"cannot create the folder of the LLM cache {str(self.path)!r}: "
                            f"{err.strerror or err}") from None
+        # SQLite opens these itself and would write through a link planted there
+        remove_links(*(self.path.with_name(self.path.name + end) for end in ("", "-wal", "-shm", "-journal")))
         try:
             # isolation_level=None: autocommit, every INSERT is its own committed transaction.
             self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
@@ -220,6 +223,23 @@ class CachedBackend(LLMBackend):
                                                            continuations)
 
         yield from self._cached("score_shared_prefix", requests, compute)
+
+    def rank_shared_prefix(self, prefix: str, queries: list[str], continuations: list[str],
+                           content_free: str | None = None) -> list[int]:
+        return in_order(self.rank_shared_prefix_iter(prefix, queries, continuations, content_free),
+                        len(queries))
+
+    def rank_shared_prefix_iter(self, prefix: str, queries: list[str], continuations: list[str],
+                                content_free: str | None = None) -> Iterator[tuple[int, int]]:
+        requests = [self.request("rank_shared_prefix", prefix=prefix, query=q,
+                                 continuations=list(continuations), content_free=content_free)
+                    for q in queries]
+
+        def compute(indices: list[int]) -> Iterator[tuple[int, int]]:
+            yield from self.inner.rank_shared_prefix_iter(
+                prefix, [queries[i] for i in indices], continuations, content_free)
+
+        yield from self._cached("rank_shared_prefix", requests, compute)
 
     # -- the one lookup / compute / store loop ----------------------------------------------------
 

@@ -13,72 +13,55 @@ concatenated after one BOS at the very start, when the tokenizer itself puts a B
 A context that would be empty (no BOS, empty prompt) starts with the BOS or else the EOS token
 instead, so the first continuation token has something to be predicted from.
 
-The shared-prefix path runs the prefix once, keeps its key/value cache (a transformers
-``DynamicCache``), runs each query on a copy of it, and scores all candidates in one batch on the
-query's cache repeated once per candidate. The cache is mutated in place by every forward call,
-so each use starts from a deep copy.
+The shared-prefix path runs the prefix once into a key/value cache (a transformers
+``DynamicCache``; the last `kept_prefixes` prefixes are kept, so a prefix read again costs nothing
+and one that extends a kept one costs only its new tokens), then packs the queries and the
+candidates' tokens end to end after it in one row, kept apart by an attention mask
+(`spae_lab.llm.hf_packing`): no copy of the prefix's cache per query or candidate. Ranking
+(`rank_shared_prefix`) skips the later tokens of candidates that can no longer win. Generation
+decodes each query on a copy of the prefix's cache (forward calls mutate caches in place).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 
-from spae_lab.llm.base import GenerationParams, LLMBackend, LLMError, check_int
-from spae_lab.llm.hf_load import SMOLLM2, load_model
+from spae_lab.llm.base import (
+    GenerationParams,
+    LLMBackend,
+    LLMError,
+    best_index,
+    cannot_win,
+    check_int,
+)
+from spae_lab.llm.decoding import build_trie, greedy_constrained, greedy_open
+from spae_lab.llm.hf_load import SMOLLM2, check_model_path, load_model
+from spae_lab.llm.hf_packing import NO_PARENT, Packing, chunks_by_tokens
 
 
-@dataclass
-class _TrieNode:
-    """One prefix of the tokenized choices: `children` maps the next token id to its node;
-    `choice` is the index of the (first) choice whose ids end here, if any."""
-
-    children: dict[int, _TrieNode] = field(default_factory=dict)
-    choice: int | None = None
-
-
-def build_trie(token_ids: list[list[int]]) -> _TrieNode:
-    """A trie over token-id sequences; duplicates keep the first index."""
-    root = _TrieNode()
-    for index, ids in enumerate(token_ids):
-        node = root
-        for token in ids:
-            node = node.children.setdefault(token, _TrieNode())
-        if node.choice is None:
-            node.choice = index
-    return root
-
-
-def _pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (len(rows), max length) int64, rows left-aligned, mask 1 on real tokens."""
+def _pad(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (len(rows), max length) int64, mask 1 on real tokens. Rows are
+    left-aligned (padding on the right), or right-aligned with `left` (padding on the left, so the
+    next token of every row comes last)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
-def _pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) like `_pad_right` but right-aligned: the next token of every row comes last."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, cols] = torch.tensor(row, dtype=torch.long)
+        mask[i, cols] = 1
     return ids, mask
 
 
 def _sum_token_logprobs(logprobs: torch.Tensor, targets: list[list[int]]) -> list[float]:
     """Sum of log p(targets[i][j]) read from logprobs[i, j]: logprobs (B, T, V) float32 with
     T >= max len(targets); positions past a row's own length are ignored."""
-    ids, mask = _pad_right(targets, 0)
+    ids, mask = _pad(targets, 0)
     ids, mask = ids.to(logprobs.device), mask.to(logprobs.device)
     picked = logprobs[:, : ids.shape[1]].gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return (picked * mask).sum(-1).tolist()
@@ -90,11 +73,14 @@ class HFBackend(LLMBackend):
     `model`: "smollm2" (the offline SmolLM2-135M-Instruct), a local folder, or a hub id.
     `use_prefix_cache`: `score_shared_prefix` reuses the prefix's key/value cache (fast path);
     False runs every (query, continuation) from scratch (the reference the fast path must match).
-    `batch_size`: most rows in one forward call (candidates, continuations, prompts).
+    `batch_size`: most rows in one forward call (continuations from scratch, prompts).
+    `pack_tokens`: about how many query and candidate tokens one packed forward call reads.
+    `kept_prefixes`: how many recent prefixes keep their key/value cache.
+    `lazy`: load the weights on first use, not now (a rerun whose answers are all in a
+    `CachedBackend`'s file then never loads them); the model path is checked now either way.
 
-    `stats.requests` counts forward batches: one per scoring forward call (prefix, query, candidate
-    chunk, continuation chunk) and one per chunk of prompts in `generate` (its decoding steps
-    included).
+    `stats.requests` counts forward batches: one per scoring forward call (prefix, packed chunk,
+    continuation chunk) and one per chunk of prompts in `generate` (its decoding steps included).
     """
 
     kind = "hf"
@@ -102,15 +88,43 @@ class HFBackend(LLMBackend):
 
     def __init__(self, model: str = SMOLLM2, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, use_prefix_cache: bool = True,
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 16, pack_tokens: int = 1024, kept_prefixes: int = 2,
+                 lazy: bool = False) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
+        check_int("pack_tokens", pack_tokens, 1)
+        check_int("kept_prefixes", kept_prefixes, 1)
+        self.pack_tokens, self.kept_prefixes = pack_tokens, kept_prefixes
+        self._prefixes: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
         self.use_prefix_cache = use_prefix_cache
         self.batch_size = batch_size
-        self.tokenizer, self.lm = load_model(model, self.device, dtype)
+        if lazy:  # a bad path still fails here; the weights wait until a question needs them
+            check_model_path(model)
+        else:
+            self._load()
+
+    # Attributes that exist once the model is loaded (`lazy=True` loads it on first use).
+    _LOADED = frozenset({"tokenizer", "lm", "_bos", "_pad_id", "_eos_ids", "_cache_arg",
+                         "_keep_arg"})
+
+    def __getattr__(self, name: str):
+        if name in HFBackend._LOADED and not self.__dict__.get("_loading"):
+            self._load()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _load(self) -> None:
+        self._loading = True  # (attributes read while loading must not load again)
+        try:
+            self._load_model()
+        finally:
+            self._loading = False
+
+    def _load_model(self) -> None:
+        self.tokenizer, self.lm = load_model(self.model, self.device, self.dtype)
         self._bos = self._bos_prefix()
         self._pad_id = self._first_id(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0)
         self._eos_ids = self._stop_token_ids()
@@ -191,15 +205,6 @@ class HFBackend(LLMBackend):
         except TypeError:  # transformers 4.x without the `config` argument
             return DynamicCache()
 
-    @staticmethod
-    def _expand_cache(cache, batch: int):
-        """A copy of a batch-1 cache, repeated `batch` times. A copy: forward calls mutate
-        caches in place, and the original is reused for the next query."""
-        expanded = copy.deepcopy(cache)
-        if batch > 1:
-            expanded.batch_repeat_interleave(batch)
-        return expanded
-
     # --------------------------------------------------------------- scoring
 
     def _score_from_scratch(self, context: list[int], continuations: list[list[int]]) -> list[float]:
@@ -210,37 +215,12 @@ class HFBackend(LLMBackend):
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             targets = [continuations[i] for i in chunk]
-            ids, mask = _pad_right([context + t for t in targets], self._pad_id)
+            ids, mask = _pad([context + t for t in targets], self._pad_id)
             # The last max_len + 1 positions hold every prediction of a continuation token:
             # position len(context) - 1 + j predicts continuation token j.
             keep = max(len(t) for t in targets) + 1
             logits, _ = self._forward(ids, mask, keep=keep)
             logprobs = logits.float().log_softmax(-1)
-            for i, s in zip(chunk, _sum_token_logprobs(logprobs, targets), strict=True):
-                scores[i] = s
-        return scores
-
-    def _score_on_cache(self, cache, last_logprobs: torch.Tensor,
-                        continuations: list[list[int]]) -> list[float]:
-        """log p(continuation | cached context): `cache` holds the context (batch 1) and
-        `last_logprobs` (V,) float32 is the next-token distribution after it. The first token of
-        every continuation is read off `last_logprobs`; the others come from one forward of all
-        candidates (minus their last token) on the cache repeated per candidate."""
-        scores = [0.0] * len(continuations)
-        todo = [i for i, c in enumerate(continuations) if c]
-        past = cache.get_seq_length()
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start:start + self.batch_size]
-            targets = [continuations[i] for i in chunk]
-            first = last_logprobs.expand(len(chunk), 1, -1)  # (B, 1, V)
-            longest = max(len(t) for t in targets)
-            if longest == 1:  # single-token candidates need no forward at all
-                logprobs = first
-            else:
-                ids, mask = _pad_right([t[:-1] for t in targets], self._pad_id)
-                mask = torch.cat([torch.ones(len(chunk), past, dtype=torch.long), mask], dim=1)
-                logits, _ = self._forward(ids, mask, cache=self._expand_cache(cache, len(chunk)))
-                logprobs = torch.cat([first, logits.float().log_softmax(-1)], dim=1)
             for i, s in zip(chunk, _sum_token_logprobs(logprobs, targets), strict=True):
                 scores[i] = s
         return scores
@@ -265,30 +245,119 @@ class HFBackend(LLMBackend):
                             use_prefix_cache: bool | None = None) -> list[list[float]]:
         """(len(queries), len(continuations)) log-likelihoods of continuation | prefix + query.
 
-        With the prefix cache (default: `self.use_prefix_cache`) the prefix runs once, each query
-        once on top of it, and the candidates of a query in one batch; without it every
-        (query, continuation) row runs from scratch. Same token ids either way."""
+        With the prefix cache (default: `self.use_prefix_cache`) the prefix runs once (or not at
+        all, when a recent call read it) and the queries and candidates are packed after it
+        (`hf_packing`); without it every (query, continuation) row runs from scratch. Same token
+        ids either way."""
         use_cache = self.use_prefix_cache if use_prefix_cache is None else use_prefix_cache
         targets = [self.encode(c) for c in continuations]
         prefix_ids = self.context_ids(prefix)
         if not use_cache:
             return [self._score_from_scratch(prefix_ids + self.encode(q), targets)
                     for q in queries]
-        if not queries:
-            return []
-        logits, prefix_cache = self._forward(torch.tensor([prefix_ids]),
-                                             torch.ones(1, len(prefix_ids), dtype=torch.long),
-                                             cache=self._new_cache(), keep=1)
-        prefix_last = logits[0, -1].float().log_softmax(-1)
-        rows = []
-        for query in queries:
-            query_ids = self.encode(query)
-            if query_ids:
-                cache, last = self._extend(prefix_cache, query_ids)
-            else:
-                cache, last = prefix_cache, prefix_last
-            rows.append(self._score_on_cache(cache, last, targets))
+        return self._score_packed(prefix_ids, [self.encode(q) for q in queries], targets)
+
+    @torch.inference_mode()
+    def rank_shared_prefix(self, prefix: str, queries: list[str], continuations: list[str],
+                           content_free: str | None = None) -> list[int]:
+        """`LLMBackend.rank_shared_prefix`, exactly, scoring less: a candidate of several tokens
+        whose first token already leaves it below a finished candidate is not read further
+        (log-probabilities only fall as tokens are added, so it cannot win)."""
+        targets = [self.encode(c) for c in continuations]
+        prefix_ids = self.context_ids(prefix)
+        prior = None
+        if content_free is not None:
+            prior = self._score_packed(prefix_ids, [self.encode(content_free)], targets)[0]
+        rows = self._score_packed(prefix_ids, [self.encode(q) for q in queries], targets,
+                                  prune=True, prior=prior)
+        return [best_index(row, prior) for row in rows]
+
+    def _prefix_state(self, prefix_ids: list[int]):
+        """(key/value cache of the prefix, batch 1; next-token log-probs after it (V,) float32).
+        The last few prefixes are kept: a prefix read again is not recomputed, and one that
+        extends a kept prefix (a support set repeated) computes only its new tokens. Callers
+        must leave the cache as they found it (`crop` back to the prefix)."""
+        key = tuple(prefix_ids)
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+            return self._prefixes[key]
+        base = max((k for k in self._prefixes if len(k) < len(key) and key[:len(k)] == k),
+                   key=len, default=())
+        if base:
+            cache, last = self._extend(self._prefixes[base][0], list(key[len(base):]))
+        else:
+            logits, cache = self._forward(torch.tensor([prefix_ids]),
+                                          torch.ones(1, len(prefix_ids), dtype=torch.long),
+                                          cache=self._new_cache(), keep=1)
+            last = logits[0, -1].float().log_softmax(-1)
+        self._prefixes[key] = (cache, last)
+        while len(self._prefixes) > self.kept_prefixes:
+            self._prefixes.popitem(last=False)
+        return cache, last
+
+    def _score_packed(self, prefix_ids: list[int], queries: list[list[int]],
+                      targets: list[list[int]], prune: bool = False,
+                      prior: list[float] | None = None) -> list[list[float | None]]:
+        """Scores of every target after prefix + each query, queries and targets packed after the
+        prefix's cache in chunks of about `pack_tokens` tokens. With `prune`, a target of several
+        tokens that cannot beat a finished one (see `rank_shared_prefix`; `prior` is subtracted
+        first) is left unread: its score is None."""
+        cache, last = self._prefix_state(prefix_ids)
+        extra = sum(max(len(t) - 1, 0) for t in targets)
+        rows: list[list[float | None]] = []
+        for chunk in chunks_by_tokens([len(q) + extra for q in queries], self.pack_tokens):
+            try:
+                rows += self._score_chunk(cache, last, len(prefix_ids),
+                                          [queries[i] for i in chunk], targets, prune, prior)
+            finally:  # the kept prefix cache, as it was (a negative crop: both old and new API)
+                cache.crop(-(cache.get_seq_length() - len(prefix_ids)))
         return rows
+
+    def _score_chunk(self, cache, last, prefix_length: int, queries: list[list[int]],
+                     targets: list[list[int]], prune: bool, prior: list[float] | None):
+        packing = Packing(prefix_length)
+        segments = [packing.add(q) if q else NO_PARENT for q in queries]
+        firsts = [last] * len(queries)  # next-token log-probs after each query
+        ends = [packing.ends[s] for s in segments if s != NO_PARENT]
+        if ends:
+            logprobs = iter(self._forward_packed(packing, 0, cache, ends))
+            firsts = [next(logprobs) if s != NO_PARENT else last for s in segments]
+        rows: list[list[float | None]] = [[float(f[t[0]]) if t else 0.0 for t in targets]
+                                          for f in firsts]
+        longer = [(i, c) for i, row in enumerate(rows) for c in range(len(targets))
+                  if len(targets[c]) > 1 and not (prune and cannot_win(row, c, targets, prior))]
+        if prune:  # the pruned ones: None (their first-token score is a bound, not a score)
+            read = set(longer)
+            rows = [[None if len(targets[c]) > 1 and (i, c) not in read else s
+                     for c, s in enumerate(row)] for i, row in enumerate(rows)]
+        if not longer:
+            return rows
+        start = len(packing.ids)
+        for i, c in longer:
+            packing.add(targets[c][:-1], parent=segments[i])
+        logprobs = self._forward_packed(packing, start, cache, list(range(start, len(packing.ids))))
+        offset = 0
+        for i, c in longer:
+            rest = targets[c][1:]
+            picked = logprobs[offset:offset + len(rest)].gather(-1, torch.tensor(rest)[:, None])
+            rows[i][c] += float(picked.sum())
+            offset += len(rest)
+        return rows
+
+    def _forward_packed(self, packing: Packing, first: int, cache, keep: list[int]) -> torch.Tensor:
+        """Log-probs (len(keep), V) float32 at the packed tokens `keep` (indices into
+        packing.ids), running tokens `first:` on `cache` (which then holds them too)."""
+        self.stats.requests += 1
+        ids = torch.tensor([packing.ids[first:]], device=self.device)
+        kwargs = {self._cache_arg: cache, "use_cache": True}
+        rows = torch.tensor([k - first for k in keep])
+        if self._keep_arg == "logits_to_keep":  # the LM head only where read
+            kwargs["logits_to_keep"] = rows.to(self.device)
+        out = self.lm(input_ids=ids, attention_mask=packing.mask(first, self.lm.dtype).to(self.device),
+                      position_ids=torch.tensor([packing.positions[first:]], device=self.device),
+                      **kwargs)
+        logits = out.logits[0] if "logits_to_keep" in kwargs else out.logits[0, rows]
+        return logits.float().log_softmax(-1).cpu()
 
     # ------------------------------------------------------------ generation
 
@@ -324,11 +393,7 @@ class HFBackend(LLMBackend):
         if not queries:
             return
         with torch.inference_mode():
-            prefix_ids = self.context_ids(prefix)
-            logits, prefix_cache = self._forward(torch.tensor([prefix_ids]),
-                                                 torch.ones(1, len(prefix_ids), dtype=torch.long),
-                                                 cache=self._new_cache(), keep=1)
-            prefix_last = logits[0, -1].float().log_softmax(-1)
+            prefix_cache, prefix_last = self._prefix_state(self.context_ids(prefix))
         for i, query in enumerate(queries):
             # inference mode per query, not around the yield: it would leak into the caller
             with torch.inference_mode():
@@ -350,9 +415,12 @@ class HFBackend(LLMBackend):
         return build_trie([self.encode(c) for c in choices]) if choices is not None else None
 
     def _decode(self, decoder, rows: int, params: GenerationParams, choices, trie) -> list[str]:
+        self.stats.requests += int(trie is not None or params.max_new_tokens > 0)
         if trie is None:
-            return self._generate_open(decoder, rows, params)
-        return [choices[i] for i in self._generate_constrained(decoder, rows, trie)]
+            def text(ids: list[int]) -> str:
+                return self.tokenizer.decode(ids, skip_special_tokens=True)
+            return greedy_open(decoder, rows, params, text, self._eos_ids)
+        return [choices[i] for i in greedy_constrained(decoder, rows, trie, self._pad_id)]
 
     def _cached_decoder(self, cache, last: torch.Tensor):
         """`_decoder` for one context already in `cache` (batch 1, no padding), whose next-token
@@ -369,7 +437,7 @@ class HFBackend(LLMBackend):
     def _decoder(self, contexts: list[list[int]]):
         """Batched incremental greedy decoding over left-padded contexts. A generator: it yields
         the next-token logits (B, V) float32 and receives the tokens (B,) to append."""
-        ids, mask = _pad_left(contexts, self._pad_id)
+        ids, mask = _pad(contexts, self._pad_id, left=True)
         # Left padding shifts the rows: positions count real tokens only.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         # The decoding steps are not counted: the caller counts one request per batch.
@@ -381,65 +449,3 @@ class HFBackend(LLMBackend):
             mask = torch.cat([mask, torch.ones(len(contexts), 1, dtype=torch.long)], dim=1)
             logits, cache = self._forward(tokens.view(-1, 1), mask, cache=cache,
                                           position_ids=next_positions, keep=1, count=False)
-
-    def _generate_open(self, decoder, rows: int, params: GenerationParams) -> list[str]:
-        """Greedy text of each of the decoder's `rows` contexts: max_new_tokens, EOS and stop
-        strings (see generate)."""
-        if params.max_new_tokens <= 0:
-            decoder.close()
-            return [""] * rows
-        self.stats.requests += 1
-        generated: list[list[int]] = [[] for _ in range(rows)]
-        done = [False] * rows
-        logits = next(decoder)
-        for step in range(params.max_new_tokens):
-            tokens = logits.argmax(-1)
-            for i, token in enumerate(tokens.tolist()):
-                if done[i]:
-                    continue
-                if token in self._eos_ids:
-                    done[i] = True
-                    continue
-                generated[i].append(token)
-                text = self.tokenizer.decode(generated[i], skip_special_tokens=True)
-                done[i] = any(s and s in text for s in params.stop)
-            if all(done) or step == params.max_new_tokens - 1:
-                break
-            logits = decoder.send(tokens)
-        decoder.close()
-        return [self._cut_at_stop(self.tokenizer.decode(g, skip_special_tokens=True), params.stop)
-                for g in generated]
-
-    @staticmethod
-    def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
-        """`text` up to (without) its earliest stop string."""
-        cut = min((text.find(s) for s in stops if s and s in text), default=len(text))
-        return text[:cut]
-
-    def _generate_constrained(self, decoder, rows: int, root: _TrieNode) -> list[int]:
-        """Index of the choice each of the decoder's `rows` contexts decodes to (see generate for
-        the stop rule)."""
-        self.stats.requests += 1
-        nodes = [root] * rows
-        answers: list[int | None] = [None] * rows
-        logits = next(decoder)
-        while True:
-            tokens = torch.full((rows,), self._pad_id, dtype=torch.long)
-            for i, node in enumerate(nodes):
-                if answers[i] is not None:
-                    continue  # finished rows decode a dummy token that nobody reads
-                allowed = list(node.children)
-                top = int(logits[i].argmax())
-                if node.choice is not None and (not allowed or top not in node.children):
-                    answers[i] = node.choice
-                    continue
-                best = allowed[int(logits[i, allowed].argmax())]
-                tokens[i] = best
-                nodes[i] = node.children[best]
-                if not nodes[i].children:  # a leaf is a complete choice with nothing after it
-                    answers[i] = nodes[i].choice
-            if all(a is not None for a in answers):
-                break
-            logits = decoder.send(tokens)
-        decoder.close()
-        return answers

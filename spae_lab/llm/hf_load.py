@@ -54,6 +54,15 @@ def refuse_pickle_only(folder: Path) -> None:
                        "(save_pretrained writes them) where you trust the file")
 
 
+def check_model_path(model: str) -> str:
+    """The folder or hub id `load_model` would read, checked without loading anything: a missing
+    folder or a pickle-only one is an LLMError here."""
+    path = resolve_model_path(model)
+    if Path(path).is_dir():
+        refuse_pickle_only(Path(path))
+    return path
+
+
 def load_model(model: str, device: str | torch.device, dtype: torch.dtype):
     """(tokenizer, model) of a causal LM, in eval mode on `device`. Respects HF_HUB_OFFLINE: an id
     that is not cached locally then fails here, with an LLMError that says so.
@@ -63,9 +72,7 @@ def load_model(model: str, device: str | torch.device, dtype: torch.dtype):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(model)
-    if Path(path).is_dir():
-        refuse_pickle_only(Path(path))
+    path = check_model_path(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)

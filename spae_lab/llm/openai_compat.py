@@ -33,12 +33,9 @@ Choices: an OpenAI-compatible server cannot be constrained to a set of answers p
 stripped, lower-cased text, else the longest choice the text starts with. Text that matches no
 choice is returned as is (it then scores as wrong, which is what it is).
 
-Log-likelihoods use the legacy completions trick (`echo=True, logprobs=1, max_tokens=0`, as vLLM
-and OpenAI's legacy models allow): the server scores prompt + continuation and returns each token's
-log-probability and character offset; the continuation's score is the sum over the tokens that
-overlap it. A token that straddles the prompt/continuation boundary (prompt "is a " + "cat"
-tokenized as " cat") is counted, because the continuation cannot be produced without it. Only the
-completions endpoint can do this (`supports_loglikelihood`).
+Log-likelihoods (completions endpoint only, `supports_loglikelihood`) come from prompt logprobs
+(`echo`) or from the top logprobs of one generated token (`next-token`), whichever the server
+gets right: see `spae_lab.llm.openai_scoring`.
 """
 
 from __future__ import annotations
@@ -59,7 +56,16 @@ from spae_lab.llm.base import (
     LLMError,
     check_int,
     check_seconds,
+    cut_at_stop,
     in_order,
+)
+from spae_lab.llm.openai_scoring import SCORINGS, ScoringRequests
+from spae_lab.llm.replies import (
+    RetryableReply,
+    parse_text,
+    redact_key,
+    redact_reply,
+    snap_to_choice,
 )
 from spae_lab.llm.spec import check_base_url
 from spae_lab.llm.transport import (
@@ -77,7 +83,6 @@ log = logging.getLogger(__name__)
 
 ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are cut client-side
-MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but not an absurd one
 MAX_CONCURRENCY = 256  # threads (and connections) of one backend
 DEFAULT_MAX_REPLY_BYTES = 16 * 2**20  # a completion reply is a few KB; an echo of a long prompt more
 
@@ -94,7 +99,7 @@ class _Cancelled(Exception):
     """The batch this request belonged to already failed; stop retrying."""
 
 
-class OpenAIBackend(LLMBackend):
+class OpenAIBackend(ScoringRequests, LLMBackend):
     """Generation and (completions endpoint) scoring through an OpenAI-compatible server."""
 
     kind = "openai"
@@ -103,7 +108,8 @@ class OpenAIBackend(LLMBackend):
                  endpoint: str = "completions", timeout: float = 60.0, connect_timeout: float = 5.0,
                  max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
                  connect_retries: int = 2, connect_backoff: float = 0.25, concurrency: int = 4,
-                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, seed: int | None = None):
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, seed: int | None = None,
+                 scoring: str = "auto", top_logprobs: int = 20):
         """Args:
             base_url: API root, e.g. "http://127.0.0.1:8000/v1"; http(s) only, no credentials.
             model: the model name the server knows.
@@ -120,6 +126,11 @@ class OpenAIBackend(LLMBackend):
             concurrency: requests in flight at once (a thread pool shared by all calls), 1 to 256.
             max_reply_bytes: longest reply accepted; a longer one is an LLMError.
             seed: seeds the backoff jitter (reproducible timings in tests).
+            scoring: how continuations are scored (see the module doc): "echo" (prompt logprobs),
+                "next-token" (the top `top_logprobs` next tokens, one request per token read),
+                or "auto": echo, unless a probe finds the server's echoed logprobs one position
+                late (llama-cpp-python's server), then next-token.
+            top_logprobs: next-token scoring: how many of the likeliest next tokens to ask for.
         """
         super().__init__()
         if endpoint not in ENDPOINTS:
@@ -130,6 +141,10 @@ class OpenAIBackend(LLMBackend):
         check_int("max_retries", max_retries, 0)
         check_int("connect_retries", connect_retries, 0)
         check_int("max_reply_bytes", max_reply_bytes, 1)
+        check_int("top_logprobs", top_logprobs, 1)
+        if scoring not in SCORINGS:
+            raise LLMError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+        self.scoring, self.top_logprobs = scoring, top_logprobs
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             check_seconds(name, value, positive=True)
         for name, value in (("backoff", backoff), ("max_backoff", max_backoff),
@@ -186,10 +201,7 @@ class OpenAIBackend(LLMBackend):
         yield from self._run(tasks)
 
     def loglikelihood(self, prompt: str, continuations: list[str]) -> list[float]:
-        self._require_scoring()
-        tasks = {j: (lambda cancel, c=c: self._score_one(prompt, c, cancel))
-                 for j, c in enumerate(continuations)}
-        return in_order(self._run(tasks), len(continuations))
+        return self.score_shared_prefix(prompt, [""], continuations)[0]
 
     def score_shared_prefix(self, prefix: str, queries: list[str],
                             continuations: list[str]) -> list[list[float]]:
@@ -204,6 +216,11 @@ class OpenAIBackend(LLMBackend):
         self._require_scoring()
         if not continuations:
             yield from ((i, []) for i in range(len(queries)))
+            return
+        if self._scoring_mode() == "next-token":  # one task per query: its requests shared
+            for i, scores in self._run({i: (lambda cancel, q=q: self._score_next_tokens(
+                    prefix + q, continuations, cancel)) for i, q in enumerate(queries)}):
+                yield i, scores
             return
         tasks = {(i, j): (lambda cancel, q=q, c=c: self._score_one(prefix + q, c, cancel))
                  for i, q in enumerate(queries) for j, c in enumerate(continuations)}
@@ -226,17 +243,9 @@ class OpenAIBackend(LLMBackend):
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["prompt"] = prompt
-        text = self._post(body, _parse_text(self.endpoint), cancel)
-        text = _cut_at_stop(text, params.stop)
+        text = self._post(body, parse_text(self.endpoint), cancel)
+        text = cut_at_stop(text, params.stop)
         return snap_to_choice(text, choices) if choices else text
-
-    def _score_one(self, prompt: str, continuation: str, cancel: threading.Event) -> float:
-        if not continuation:
-            return 0.0
-        body = {"model": self.model, "prompt": prompt + continuation, "max_tokens": 0,
-                "temperature": 0.0, "echo": True, "logprobs": 1}
-        return self._post(body, _parse_continuation_logprob(len(prompt), len(prompt + continuation)),
-                          cancel, scoring=True)
 
     def _require_scoring(self) -> None:
         if not self.supports_loglikelihood:
@@ -311,20 +320,26 @@ class OpenAIBackend(LLMBackend):
                              retry_after(resp.headers.get("Retry-After")))
         if resp.status_code >= 400:
             raise LLMError(self._http_error(resp, raw, scoring))
+        key = os.environ.get(self.api_key_env)
         try:
             reply = json.loads(raw)
-        except ValueError:
-            raise _Retryable("bad_json", f"reply is not JSON: {raw[:80]!r}") from None
-        return parse(reply)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested past Python's stack
+            text = redact_key(raw.decode("utf-8", "replace"), key)  # redacted, then cut
+            raise _Retryable("bad_json", f"reply is not JSON: {text[:80]!r}") from None
+        try:
+            return parse(redact_reply(reply, key))  # an echoed key never reaches the cache
+        except RetryableReply as exc:
+            raise _Retryable("bad_json", str(exc)) from None
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
-        """Exponential backoff with 'equal jitter'; at least what Retry-After asks."""
+        """Exponential backoff with 'equal jitter'; at least what Retry-After asks, but never longer
+        than one request's deadline (`timeout`, the user's bound on a wait)."""
         cap = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
         with self._lock:
             delay = cap / 2 + self._rng.uniform(0, cap / 2)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
-        return delay
+            delay = max(delay, retry_after)
+        return min(delay, self.timeout)
 
     def _note_retry(self, reason: str) -> None:
         with self._lock:
@@ -386,20 +401,21 @@ class OpenAIBackend(LLMBackend):
         return headers
 
     def _redact(self, text: str) -> str:
-        """Remove the key (servers may echo it back) from any text bound for a message or log."""
-        key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
+        """Remove the key and its prefixes (servers may echo them back) from any text bound for a
+        message or log (`replies.redact_key`)."""
+        return redact_key(text, os.environ.get(self.api_key_env))
 
     def _server_message(self, resp: requests.Response, raw: bytes) -> str:
         """The server's own explanation: error.message of the JSON body, else the start of it."""
         try:
             err = json.loads(raw).get("error")
             msg = err.get("message") if isinstance(err, dict) else err
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             msg = None
-        if not msg:
-            msg = raw[:300].decode("utf-8", "replace").strip() or resp.reason or ""
-        return self._redact(f"HTTP {resp.status_code}: {msg}")
+        if not isinstance(msg, str) or not msg:
+            msg = raw.decode("utf-8", "replace").strip() or resp.reason or ""
+        # redacted whole, then cut: a cut may fall inside the key and leave a prefix of it
+        return self._redact(f"HTTP {resp.status_code}: {msg}")[:400]
 
     def _http_error(self, resp: requests.Response, raw: bytes, scoring: bool) -> str:
         msg = f"{self.public_url} refused the request ({self._server_message(resp, raw)})"
@@ -408,76 +424,6 @@ class OpenAIBackend(LLMBackend):
         elif resp.status_code == 404:
             msg += f"; check base_url (usually ends in /v1) and model {self.model!r}"
         if scoring:
-            msg += ("; scoring needs a completions server that accepts echo=True with logprobs "
-                    "and max_tokens=0 (vLLM does); otherwise use generation")
+            msg += ("; scoring needs a completions server that returns logprobs (echo=True with "
+                    "logprobs=1, or logprobs=N for a generated token); otherwise use generation")
         return msg
-
-
-# -- reply parsing (pure functions) ---------------------------------------------------------------
-
-def _first_choice(reply: dict) -> dict:
-    try:
-        choice = reply["choices"][0]
-    except (KeyError, IndexError, TypeError):
-        raise _Retryable("bad_json", f"reply has no choices: {str(reply)[:120]}") from None
-    if not isinstance(choice, dict):
-        raise _Retryable("bad_json", "reply's choice is not an object")
-    return choice
-
-
-def _parse_text(endpoint: str) -> Callable[[dict], str]:
-    def parse(reply: dict) -> str:
-        choice = _first_choice(reply)
-        if endpoint == "chat":
-            message = choice.get("message")
-            # content is null when the model said nothing (e.g. max_tokens=0): an empty answer
-            text = (message.get("content") or "") if isinstance(message, dict) else None
-        else:
-            text = choice.get("text")
-        if not isinstance(text, str):
-            raise _Retryable("bad_json", f"reply has no text: {str(choice)[:120]}")
-        return text
-    return parse
-
-
-def _parse_continuation_logprob(start: int, end: int) -> Callable[[dict], float]:
-    """Sum the logprobs of the echoed tokens overlapping characters [start, end) of the text."""
-    def parse(reply: dict) -> float:
-        lp = _first_choice(reply).get("logprobs")
-        if not isinstance(lp, dict) or not lp.get("token_logprobs") or not lp.get("text_offset"):
-            raise LLMError("the server did not return prompt logprobs (echo=True, logprobs=1); "
-                           "it cannot score continuations, use generation instead")
-        tokens, logprobs, offsets = lp.get("tokens") or [], lp["token_logprobs"], lp["text_offset"]
-        if not (len(tokens) == len(logprobs) == len(offsets)):
-            raise _Retryable("bad_json", "logprobs lists of different lengths")
-        total, counted = 0.0, 0
-        for tok, value, off in zip(tokens, logprobs, offsets, strict=True):
-            if off < end and off + max(len(tok), 1) > start:
-                if value is None:  # the very first token has no context: nothing to score against
-                    raise LLMError("cannot score a continuation of an empty prompt")
-                total += float(value)
-                counted += 1
-        if counted == 0:
-            raise LLMError("the server's echoed tokens do not cover the continuation "
-                           f"(characters {start}..{end}); cannot score it")
-        return total
-    return parse
-
-
-def snap_to_choice(text: str, choices: list[str]) -> str:
-    """The choice the generated text names, else the text itself (scored as wrong).
-
-    Exact match after strip + lower first, then the longest choice the text starts with (so "cats
-    are..." picks "cat", and "category" beats "cat" when both are choices)."""
-    norm = text.strip().lower()
-    for choice in choices:
-        if norm == choice.strip().lower():
-            return choice
-    prefixed = [c for c in choices if c.strip() and norm.startswith(c.strip().lower())]
-    return max(prefixed, key=lambda c: len(c.strip())) if prefixed else text
-
-
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    """Cut at the earliest stop sequence (servers may ignore some, or only take four)."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]

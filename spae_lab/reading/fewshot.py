@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -191,16 +191,29 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
 # --- the experiment -------------------------------------------------------------------------------
 
 
+@dataclass
+class FewShotResult:
+    """What a few-shot experiment produced. `run_fewshot` fills records, summary and texts;
+    `run_experiment` adds the paper-shaped table, the files written and the dataset's classes."""
+
+    records: pd.DataFrame  # one row per (method, ways, names, decoding, setting, episode, query)
+    summary: pd.DataFrame  # accuracy with 95% CI per (method, ways, names, decoding, setting)
+    texts: dict[str, dict[str, str]]  # {reader: {image key: the words the LLM read}}
+    table: pd.DataFrame | None = None  # the paper's shape (`paper_table`)
+    paths: dict[str, Path] | None = None  # records, summary(_md), table(_md), config (`save_results`)
+    classes: list[str] | None = None  # the dataset's class names, by class id
+
+
 def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]],
-                backend: LLMBackend, cfg: FewShotConfig, episodes_path: str | Path | None = None,
+                backend: LLMBackend, cfg: FewShotConfig, *, episodes_path: str | Path | None = None,
                 references: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, str]]]:
+                progress: bool = True) -> FewShotResult:
     """Run every (reader, ways, names, decoding, setting) on the same episodes.
 
     `readers` map a method name to an image -> text function (e.g. `TokenizerTexts`);
     `references` map a no-LLM method name to an image -> feature function (1-NN on the features;
-    `word overlap` of each reader's texts is added automatically). Returns (per-query records,
-    summary table with 95% CIs, {reader: {image key: text}}).
+    `word overlap` of each reader's texts is added automatically). Returns the per-query records,
+    the summary table with 95% CIs and {reader: {image key: text}} (a `FewShotResult`).
     """
     classes = list(dataset.classes)
     episodes = prepare_episodes(dataset, cfg, episodes_path)
@@ -221,22 +234,36 @@ def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]]
                             "setting": setting.label, "episode": episode_id, "image": key,
                             "truth": truth, "prediction": pred, "correct": pred == truth})
 
+    if cfg.calibration not in CALIBRATIONS:
+        raise FewShotError(f"calibration must be one of {CALIBRATIONS}, got {cfg.calibration!r}")
     jobs = [(m, w, n, d, s) for m in readers for w in cfg.ways for n in cfg.names
             for d in cfg.decodings for s in cfg.settings]
+    # Asked episode by episode (its settings, shortest prompt first, and decodings together), so
+    # a backend that keeps recent prefixes reads each shared support set once; recorded in the
+    # order of `jobs`.
+    answers: dict[tuple, list] = {}
     bar = tqdm(total=len(jobs) * cfg.episodes, desc="few-shot episodes", disable=not progress)
+    for method, ways, names in dict.fromkeys((m, w, n) for m, w, n, _, _ in jobs):
+        for shots in sorted({s.shots for s in cfg.settings}):
+            group = sorted((s for s in cfg.settings if s.shots == shots),
+                           key=lambda s: (s.induction, s.repeats))
+            for i, episode in enumerate(episodes[f"{ways}way-{shots}shot"]):
+                shown = class_names(episode, classes, names)
+                support = [(texts[method][k], shown[p]) for k, p in episode.support]
+                for setting in group:
+                    prefix, queries = build_prompt(
+                        support, [texts[method][k] for k, _ in episode.queries] + [CONTENT_FREE_TEXT],
+                        shown, setting, cfg.prompt_format)
+                    content_free = queries.pop()
+                    for decoding in cfg.decodings:
+                        answers[method, ways, names, decoding, setting, i] = predict(
+                            backend, prefix, queries, shown, decoding,
+                            content_free if cfg.calibration == "content-free" else None)
+                        bar.update(1)
     for method, ways, names, decoding, setting in jobs:
         for i, episode in enumerate(episodes[f"{ways}way-{setting.shots}shot"]):
-            shown = class_names(episode, classes, names)
-            support = [(texts[method][k], shown[p]) for k, p in episode.support]
-            prefix, queries = build_prompt(support, [texts[method][k] for k, _ in episode.queries]
-                                           + [CONTENT_FREE_TEXT], shown, setting, cfg.prompt_format)
-            content_free = queries.pop()
-            if cfg.calibration not in CALIBRATIONS:
-                raise FewShotError(f"calibration must be one of {CALIBRATIONS}, got {cfg.calibration!r}")
-            preds = predict(backend, prefix, queries, shown, decoding,
-                            content_free if cfg.calibration == "content-free" else None)
-            record(method, ways, names, decoding, setting, i, episode, preds)
-            bar.update(1)
+            record(method, ways, names, decoding, setting, i, episode,
+                   answers[method, ways, names, decoding, setting, i])
     bar.close()
 
     # No-LLM references: names, decoding and induction do not matter; repeats add no new image.
@@ -250,17 +277,17 @@ def run_fewshot(dataset, readers: dict[str, Callable[[torch.Tensor], list[str]]]
                     preds = word_overlap_predictions(episode, method_texts)
                     record(f"word overlap {method} (no LLM)", w, "-", "-", setting, i, episode,
                            preds)
-    return pd.DataFrame(records), summarize(records), texts
+    return FewShotResult(pd.DataFrame(records), summarize(records), texts)
 
 
-def first_prompt(result: dict, out_dir: str | Path, config: FewShotConfig, method: str = "SPAE") -> str:
+def first_prompt(result: FewShotResult, out_dir: str | Path, config: FewShotConfig, method: str = "SPAE") -> str:
     """The whole prompt of the first query of the first episode of `run_experiment`'s result (in
     its first setting, names and format), as the LLM read it."""
     episode_sets, _ = load_episodes(Path(out_dir) / "episodes.json")
     setting = config.settings[0]
     episode = episode_sets[f"{config.ways[0]}way-{setting.shots}shot"][0]
-    shown = class_names(episode, result["classes"], config.names[0])
-    texts = result["texts"][method]
+    shown = class_names(episode, result.classes, config.names[0])
+    texts = result.texts[method]
     prefix, queries = build_prompt([(texts[k], shown[p]) for k, p in episode.support],
                                    [texts[k] for k, _ in episode.queries], shown, setting,
                                    config.prompt_format)
@@ -326,12 +353,12 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
                    split: str | None = None,
                    baseline_max_tokens: int | None = None, backend: str | LLMBackend = "hf:smollm2",
                    references: Sequence[str] = ("pixels", "teacher"),
-                   config: FewShotConfig | None = None, progress: bool = True) -> dict:
+                   config: FewShotConfig | None = None, progress: bool = True) -> FewShotResult:
     """The whole experiment from checkpoints: SPAE tokens (first `layers` layers), optionally an
     LQAE-style `baseline` tokenizer (one layer, no semantic loss), no-LLM references; episodes,
-    LLM cache and tables under `out_dir`. Returns {"records", "summary", "table", "paths"}."""
+    LLM cache and tables under `out_dir`. Returns every field of the `FewShotResult`."""
     from spae_lab.checkpoint import load_tokenizer
-    from spae_lab.llm import load_backend
+    from spae_lab.llm import load_lazily
     from spae_lab.llm.cache import CachedBackend
 
     config = config or FewShotConfig()
@@ -352,11 +379,10 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
             feature_fns["teacher"] = teacher_features(model.experiment_config.semantic.teacher)
         else:
             raise FewShotError(f"unknown reference {name!r}: use 'pixels' or 'teacher'")
-    inner = load_backend(backend) if isinstance(backend, str) else backend
-    llm = CachedBackend(inner, out / "llm_cache.sqlite")
+    llm = CachedBackend(load_lazily(backend), out / "llm_cache.sqlite")
     try:
-        records, summary, texts = run_fewshot(data, readers, llm, config, out / "episodes.json",
-                                       feature_fns, progress)
+        result = run_fewshot(data, readers, llm, config, episodes_path=out / "episodes.json",
+                             references=feature_fns, progress=progress)
     finally:
         llm.close()
     record = {"tokenizer": str(tokenizer), "baseline": str(baseline) if baseline else None,
@@ -365,6 +391,7 @@ def run_experiment(out_dir: str | Path, tokenizer: str | Path, *, baseline: str 
               "readers": {k: v.description for k, v in readers.items()},
               "backend": llm.describe(), "fewshot": asdict(config),
               "llm_calls": asdict(llm.stats)}
-    paths = save_results(out, records, summary, record)
-    return {"records": records, "summary": summary, "table": paper_table(summary), "paths": paths,
-            "texts": texts, "classes": list(data.classes)}
+    result.paths = save_results(out, result.records, result.summary, record)
+    result.table = paper_table(result.summary)
+    result.classes = list(data.classes)
+    return result

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spae_lab.data import COLORS, NUMBER_WORDS, PLURALS, SHAPES, Scene, SyntheticScenes
+from spae_lab.io import atomic_write_text
 from spae_lab.llm.answer import DECODINGS, choose, parse_open_answer
 from spae_lab.llm.base import GenerationParams, LLMBackend
 from spae_lab.tables import accuracy_table
@@ -63,7 +65,7 @@ def _answer(backend: LLMBackend, prefix: str, queries: list[str], answers: tuple
     return [None if i is None else answers[i] for i in chosen]
 
 
-def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
+def run_vqa(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend, *,
             num_examples: int = 8, num_queries: int = 60, decodings: tuple[str, ...] = DECODINGS,
             seed: int = 0, image_size: int = 32, progress: bool = True
             ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -115,7 +117,7 @@ def caption_scores(caption: str, scene: Scene) -> dict[str, bool]:
             "exact caption": parse_open_answer(caption) == scene.caption.lower()}
 
 
-def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend,
+def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBackend, *,
                    num_examples: int = 8, num_queries: int = 60, seed: int = 0,
                    image_size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Caption `num_queries` held-out scenes from their words. Returns (captions, scores)."""
@@ -139,24 +141,32 @@ def run_captioning(to_text: Callable[[torch.Tensor], list[str]], backend: LLMBac
     return pd.DataFrame(rows), accuracy_table(records, ["criterion"])
 
 
-def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, layers: int = 2,
+@dataclass
+class SceneQAResult:
+    """VQA and captioning of held-out scenes (`run_scene_qa`)."""
+
+    vqa: pd.DataFrame  # accuracy with 95% CI per (question, method, decoding)
+    captioning: pd.DataFrame  # share of captions naming the colour, the shape, both; exact ones
+    captions: pd.DataFrame  # one row per captioned scene: its words, the caption, the truth
+
+
+def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, *, layers: int = 2,
                  num_examples: int = 8, num_queries: int = 60, num_captions: int | None = None,
                  decodings: tuple[str, ...] = DECODINGS, seed: int = 0,
-                 progress: bool = True) -> dict[str, pd.DataFrame]:
+                 progress: bool = True) -> SceneQAResult:
     """VQA and captioning of held-out scenes by an LLM reading `model`'s first `layers` layers.
 
     The LLM's answers are cached in `out_dir/llm_cache.sqlite` (a rerun asks nothing new); the
-    tables go to vqa.csv, captioning.csv and captions.csv there. Returns {"vqa", "captioning",
-    "captions"} (`num_captions` scenes are captioned, default `num_queries`).
+    tables go to vqa.csv, captioning.csv and captions.csv there (`num_captions` scenes are
+    captioned, default `num_queries`).
     """
-    from spae_lab.llm import load_backend
+    from spae_lab.llm import load_lazily
     from spae_lab.llm.cache import CachedBackend
     from spae_lab.reading.fewshot import TokenizerTexts
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    llm = CachedBackend(load_backend(backend) if isinstance(backend, str) else backend,
-                        out_dir / "llm_cache.sqlite")
+    llm = CachedBackend(load_lazily(backend), out_dir / "llm_cache.sqlite")
     reader = TokenizerTexts(model, layers)
     size = model.config.image_size
     try:
@@ -167,7 +177,6 @@ def run_scene_qa(model, backend: LLMBackend | str, out_dir: str | Path, layers: 
                                               image_size=size)
     finally:
         llm.close()
-    vqa.to_csv(out_dir / "vqa.csv", index=False)
-    captioning.to_csv(out_dir / "captioning.csv", index=False)
-    captions.to_csv(out_dir / "captions.csv", index=False)
-    return {"vqa": vqa, "captioning": captioning, "captions": captions}
+    for name, table in (("vqa", vqa), ("captioning", captioning), ("captions", captions)):
+        atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False))
+    return SceneQAResult(vqa, captioning, captions)

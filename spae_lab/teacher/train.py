@@ -31,6 +31,7 @@ from spae_lab.data import (
     MNISTSample,
     SyntheticScenes,
 )
+from spae_lab.io import atomic_write_text
 from spae_lab.teacher.model import ImageTower, LiTTeacher, MiniLMTextEncoder
 
 FOLDER_TEMPLATES = ("a photo of a {}", "a blurry photo of a {}", "a picture of a {}", "a {}", "{}")
@@ -190,5 +191,5 @@ def train_teacher(cfg: TeacherConfig, out_dir: str | Path, progress: bool = True
         "history": history,
     }
     teacher.save(out_dir / "teacher.safetensors", {"zero_shot": accuracy, "config": asdict(cfg)})
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     return result

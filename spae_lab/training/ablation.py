@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from spae_lab.config import create_config
+from spae_lab.io import atomic_save_figure, atomic_write_text
 from spae_lab.tables import to_markdown
 from spae_lab.training.loop import train
 from spae_lab.training.runs import read_metrics
@@ -72,8 +73,8 @@ def run_ablation(out_dir: str | Path, preset: str = "small", overrides: dict | N
         rows.append(ablation_row(name, run_dir))
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "ablation.csv", index=False)
-    (out_dir / "ablation.md").write_text(to_markdown(table))
+    atomic_write_text(out_dir / "ablation.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "ablation.md", to_markdown(table))
     save_ablation_figure(table, out_dir / "ablation.png")
     return table
 
@@ -87,6 +88,6 @@ def save_ablation_figure(table: pd.DataFrame, path: Path) -> Path:
     column = "relevance, random word"
     random_relevance = float(table[column].mean()) if column in table else None
     fig = ablation_figure(table, random_relevance)
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 from dataclasses import asdict
@@ -23,11 +22,10 @@ from pathlib import Path
 from spae_lab.checkpoint import CHECKPOINT_NAME, CheckpointError
 from spae_lab.config import ExperimentConfig
 from spae_lab.errors import SpaeError
-from spae_lab.io import atomic_write_path, remove_owned, remove_stale_temporaries
+from spae_lab.io import FolderLock, append_text, atomic_write_path, remove_owned, remove_stale_temporaries
 
 METRICS_NAME = "metrics.jsonl"
 RESUMES_NAME = "resumes.jsonl"
-LOCK_NAME = ".lock"
 # What a run writes, and so what `--force` removes (figures: only the run's own step_*.png).
 RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, "config.json", RESUMES_NAME)
 FIGURES = "figures"
@@ -101,7 +99,7 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._fd: int | None = None
+        self._lock = FolderLock(self.path, RunFolderError)
         self._seen: tuple | None = None
 
     def _state(self) -> tuple:
@@ -117,25 +115,6 @@ class RunFolder:
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
-    def _holder(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            return f"pid {int((self.path / LOCK_NAME).read_text().strip())}"
-        return "pid unknown"
-
-    def _refuse_if_locked(self) -> None:
-        """RunFolderError when another process holds the folder's lock (checked without creating
-        the lock file)."""
-        try:
-            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
-        except OSError:
-            return  # no lock file (or no folder): nobody writes here
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderError(f"{self.path} is being written by another process ({self._holder()})") from None
-        finally:
-            os.close(fd)
-
     def check(self, resume: bool | str = False, force: bool = False) -> None:
         """Refuse, before any work, a folder this run may not write (see the class docstring)."""
         if force and resume:
@@ -143,7 +122,7 @@ class RunFolder:
                                  f"{self.path}, force replaces it")
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a run folder")
-        self._refuse_if_locked()
+        self._lock.refuse_if_locked()
         if self.holds_run() and not resume and not force:
             checkpoint = self.path / CHECKPOINT_NAME
             what = (f"a run with a checkpoint at step {_checkpoint_step(checkpoint)}" if checkpoint.exists()
@@ -154,24 +133,7 @@ class RunFolder:
 
     def acquire(self) -> None:
         """Create the folder and take its lock for this process's lifetime (or until `release`)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RunFolderError(f"{self.path} is being written by another process ({self._holder()})") from None
-            try:  # the file locked is still the one at the path (a releasing owner unlinks it)
-                same = os.fstat(fd).st_ino == os.stat(self.path / LOCK_NAME).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        self._lock.acquire()
         if self._seen is not None and self._state() != self._seen:
             self.release()
             raise RunFolderError(f"{self.path} was changed by another process while this run was "
@@ -190,20 +152,14 @@ class RunFolder:
             figures.rmdir()  # only when nothing else is left in it
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path / LOCK_NAME)  # unlinked while still locked: see `acquire`
-        os.close(self._fd)
-        self._fd = None
+        self._lock.release()
 
 
 def record_resume(run_dir: Path, step: int, changes: dict) -> None:
     """One line in resumes.jsonl: when the run was resumed, from which step, what changed."""
     record = {"step": step, "time": dt.datetime.now().isoformat(timespec="seconds"), "pid": os.getpid(),
               "changed": changes}
-    with open(run_dir / RESUMES_NAME, "a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+    append_text(run_dir / RESUMES_NAME, json.dumps(record, default=str) + "\n")
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -219,8 +175,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_text(path, json.dumps(record) + "\n")
 
 
 def truncate_metrics(path: Path, step: int) -> list[dict]:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
 
 import torch
-from PIL import Image
 
+from spae_lab.video.readers import gif_bytes
 from spae_lab.views.figures import reconstruction_grid
 
 
@@ -25,17 +24,6 @@ def clip_reconstruction_grid(clip: torch.Tensor, by_depth: torch.Tensor, cumulat
     row's token count and PSNR. clip (3, T, H, W); by_depth (L, 3, T, H, W)."""
     return reconstruction_grid(frames_of(clip), torch.stack([frames_of(c) for c in by_depth]),
                                list(cumulative_tokens))
-
-
-def gif_bytes(clip: torch.Tensor, scale: int = 4, fps: float = 4.0) -> bytes:
-    """(3, T, H, W) in [0, 1] -> an animated GIF, looping, each frame enlarged `scale` times."""
-    frames = (frames_of(clip.detach().float().clamp(0, 1).cpu()) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.Resampling.NEAREST)
-              for f in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
-                   loop=0)
-    return buffer.getvalue()
 
 
 def animation_html(clips: dict[str, torch.Tensor], scale: int = 4, fps: float = 4.0, title: str | None = None) -> str:

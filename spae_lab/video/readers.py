@@ -26,8 +26,9 @@ import torch
 from PIL import Image, ImageSequence
 from torch.utils.data import Dataset
 
-from spae_lab.data.images import IMAGE_EXTENSIONS, DataError, _decode_uint8, _resize_square, to_rgb
+from spae_lab.data.images import IMAGE_EXTENSIONS, DataError, _resize_square, check_image_size, decode_image, to_rgb
 from spae_lab.data.splits import _check_index, _class_seed, _normalise_split, _split_positions
+from spae_lab.io import NotRegularFileError, atomic_open, atomic_write_bytes, open_regular_file
 from spae_lab.video.data import clip_tensor
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"})
@@ -52,12 +53,13 @@ def _read_bytes(source: Any, label: str) -> bytes:
     """The bytes of a clip file (path or bytes), refused past MAX_CLIP_BYTES."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-    else:
-        size = os.path.getsize(source)
-        if size > MAX_CLIP_BYTES:
-            raise ClipError(f"cannot read clip {label}: {size / 2**20:,.1f} MiB is over the "
-                            f"{MAX_CLIP_BYTES // 2**20} MiB limit per clip")
-        data = Path(source).read_bytes()
+    else:  # only a regular file: a FIFO named x.gif would wait forever for a writer
+        with open_regular_file(source) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_CLIP_BYTES:
+                raise ClipError(f"cannot read clip {label}: {size / 2**20:,.1f} MiB is over the "
+                                f"{MAX_CLIP_BYTES // 2**20} MiB limit per clip")
+            data = f.read(MAX_CLIP_BYTES + 1)
     if len(data) > MAX_CLIP_BYTES:
         raise ClipError(f"cannot read clip {label}: over the {MAX_CLIP_BYTES // 2**20} MiB limit per clip")
     if not data:
@@ -66,6 +68,11 @@ def _read_bytes(source: Any, label: str) -> bytes:
 
 
 def _check_frame(width: int, height: int, label: str) -> None:
+    """The image readers' bounds on one frame (`check_image_size`), then the clip's own side cap."""
+    try:
+        check_image_size(width, height)
+    except DataError as e:
+        raise ClipError(f"cannot read clip {label}: frames of {e}") from None
     if max(width, height) > MAX_FRAME_SIDE:
         raise ClipError(f"cannot read clip {label}: frames of {width}x{height} px are over the "
                         f"{MAX_FRAME_SIDE} px limit a side")
@@ -110,7 +117,7 @@ def _folder_frames(folder: Path, image_size: int, label: str) -> list[np.ndarray
     if len(files) > MAX_CLIP_FRAMES:
         raise _too_many(label)
     try:
-        return [_decode_uint8(p, image_size) for p in files]
+        return [decode_image(p, image_size)[0] for p in files]
     except DataError as e:
         raise ClipError(f"cannot read clip {label}: {e}") from e
 
@@ -145,6 +152,9 @@ def load_clip(source: Any, image_size: int = 32, frames: int = 8, *, name: str |
         raise
     except FileNotFoundError:
         raise ClipError(f"cannot read clip {label}: no such file or folder") from None
+    except NotRegularFileError:
+        raise ClipError(f"cannot read clip {label}: not a regular file (files and folders of frames are read)"
+                        ) from None
     except Exception as e:  # PIL and FFmpeg raise many types on malformed input
         raise ClipError(f"cannot read clip {label}: not a readable GIF or video ({_reason(e)})") from e
     if not decoded:
@@ -152,24 +162,41 @@ def load_clip(source: Any, image_size: int = 32, frames: int = 8, *, name: str |
     return clip_tensor(np.stack([decoded[i] for i in even_indices(len(decoded), frames)]))
 
 
-def save_clip(clip: torch.Tensor, path: str | os.PathLike, fps: int = 8, scale: int = 1) -> Path:
-    """(3, T, S, S) in [0, 1] -> an animated GIF (Pillow) or an MP4 (PyAV, H.264), by suffix;
-    `scale` enlarges each frame (nearest). Returns the path."""
-    path = Path(path)
-    array = (clip.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 3, 0).cpu().numpy()  # (T, S, S, 3)
+def gif_bytes(clip: torch.Tensor, scale: int = 1, fps: float = 8.0) -> bytes:
+    """(3, T, H, W) in [0, 1] -> an animated GIF, looping, each frame enlarged `scale` times (nearest)."""
+    array = (clip.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, 3)
     if scale > 1:
         array = array.repeat(scale, axis=1).repeat(scale, axis=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        images = [Image.fromarray(f) for f in array]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    images = [Image.fromarray(frame) for frame in array]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return buffer.getvalue()
+
+
+# The container each video suffix names, for PyAV (H.264 inside, VP9 in WebM).
+_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+
+
+def save_clip(clip: torch.Tensor, path: str | os.PathLike, fps: int = 8, scale: int = 1, *,
+              within: str | os.PathLike | None = None) -> Path:
+    """(3, T, S, S) in [0, 1] -> an animated GIF (Pillow) or a video file (PyAV), by suffix, written
+    atomically (inside `within` when given: `spae_lab.io`); `scale` enlarges each frame (nearest).
+    Returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        atomic_write_bytes(path, gif_bytes(clip, scale, fps), within=within)
         return path
-    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+    if suffix not in _CONTAINERS:
         raise ClipError(f"cannot write {path}: use a .gif or .mp4 file name")
     import av
 
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "10"})
+    array = (clip.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 3, 0).cpu().numpy()  # (T, S, S, 3)
+    if scale > 1:
+        array = array.repeat(scale, axis=1).repeat(scale, axis=2)
+    with atomic_open(path, "wb", within=within) as f, av.open(f, "w", format=_CONTAINERS[suffix]) as container:
+        stream = container.add_stream("libvpx-vp9" if suffix == ".webm" else "libx264", rate=fps,
+                                      options={"crf": "10"})
         stream.width, stream.height, stream.pix_fmt = array.shape[2], array.shape[1], "yuv420p"
         for frame in array:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))

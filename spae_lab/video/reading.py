@@ -119,15 +119,15 @@ def run_clip_fewshot(clips: Dataset, readers: dict[str, Callable[[torch.Tensor],
                      references: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
                      progress: bool = True):
     """Few-shot classification of clips by `attribute` with the image protocol
-    (`fewshot.run_fewshot`; episodes saved in `out_dir/episodes.json`). Returns (records, summary
-    with 95% intervals, {reader: {clip key: text}})."""
+    (`fewshot.run_fewshot`; episodes saved in `out_dir/episodes.json`). Returns its `FewShotResult`:
+    records, summary with 95% intervals, texts ({reader: {clip key: text}})."""
     from pathlib import Path
 
     from spae_lab.reading.fewshot import run_fewshot
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return run_fewshot(ClipsAsImages(clips, attribute), readers, backend, config, Path(out_dir) / "episodes.json",
-                       references, progress)
+    return run_fewshot(ClipsAsImages(clips, attribute), readers, backend, config,
+                       episodes_path=Path(out_dir) / "episodes.json", references=references, progress=progress)
 
 
 QUESTIONS: dict[str, tuple[str, Callable, tuple[str, ...]]] = {

@@ -122,7 +122,7 @@ class ClipTeacherConfig:
     image_size: int = 32  # px per frame
     frames: int = 8  # frames per clip
     width: int = 24  # channels of the first stage (x1, x2, x4)
-    steps: int = 2000  # 25 minutes on one CPU thread (shared machine)
+    steps: int = 2000
     batch_size: int = 48  # clips a step
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -132,9 +132,8 @@ class ClipTeacherConfig:
     digits: int = 10000  # moving digits in the training mix (0: none)
     digits_weight: float = 0.35  # share of a batch drawn from the digits
     # codebook words (read through each negative template) added to every step's texts as negatives:
-    # the teacher ranks the whole codebook when it guides, so it learns that "down" and not
-    # "descend" or "drop" is the word for a clip moving down (without them, over the codebook, the
-    # direction word came first for 20% of validation clips under "moving {}")
+    # the teacher ranks the whole codebook when it guides, so it must learn that "down", and not
+    # "descend" or "drop", is the word for a clip moving down (docs/video.md measures the difference)
     codebook_negatives: int = 256
     negative_templates: tuple[str, ...] = ("{}", "moving {}")
     eval_clips: int = 512  # held-out clips per source for the zero-shot figures

@@ -23,7 +23,7 @@ import torch
 from spae_lab.generate import tasks as T
 from spae_lab.generate.decode import DecodeConfig, count_calls, make_writer, progressive_decode
 from spae_lab.generate.run import decode_rows
-from spae_lab.io import atomic_write_json
+from spae_lab.io import atomic_write_json, atomic_write_text
 from spae_lab.metrics import psnr
 
 
@@ -35,6 +35,17 @@ class ContinuationConfig:
     layers: int = 0  # layers the LLM writes (0: all)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     seed: int = 0  # which training clips are the examples
+
+
+@dataclass
+class ContinuationResult:
+    """What `run_continuation` returns (summary.json and results.csv hold the first two)."""
+
+    summary: dict  # mean PSNR of the later frames per method, direction words written, calls
+    records: pd.DataFrame  # one row per continued clip
+    decoded: dict[str, torch.Tensor]  # (B, 3, T, S, S) clips by method ("LLM", "no-LLM fill", ...)
+    truth: torch.Tensor  # (B, 3, T, S, S): the true clips
+    written: list[T.Pyramid]  # per clip, the words the LLM wrote (codebook rows per layer)
 
 
 def freeze_after(clips: torch.Tensor, known_frames: int) -> torch.Tensor:
@@ -72,10 +83,10 @@ def _rows(model, clips: torch.Tensor) -> list[T.Pyramid]:
 
 
 def run_continuation(model, train, heldout, backend, out: str | Path, config: ContinuationConfig | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True) -> ContinuationResult:
     """Continue `config.clips` held-out clips from their first frames (see the module docstring).
-    `backend`: a spec or an LLMBackend; answers cached in out/llm_cache.sqlite. Returns
-    {"summary", "records", "decoded": {name: clips}, "truth"}."""
+    `backend`: a spec or an LLMBackend; answers cached in out/llm_cache.sqlite; summary.json and results.csv
+    written there. Returns a `ContinuationResult`."""
     from tqdm.auto import tqdm
 
     from spae_lab.llm import CachedBackend, load_backend
@@ -86,7 +97,7 @@ def run_continuation(model, train, heldout, backend, out: str | Path, config: Co
         raise ValueError(f"known_frames must be in 1..{T_frames - 1} and a multiple of the temporal "
                          f"downsampling {model.clip_config.time_downsample}, got {cfg.known_frames}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # the LLM cache opens in it before anything is written
     inner = load_backend(backend) if isinstance(backend, str) else backend
     llm = inner if isinstance(inner, CachedBackend) else CachedBackend(inner, out / "llm_cache.sqlite")
     words, layout = model.codebook.words, model.layout
@@ -132,6 +143,6 @@ def run_continuation(model, train, heldout, backend, out: str | Path, config: Co
                "direction_word_written": float(frame["direction word written"].mean()),
                "every_word_in_codebook": all(0 <= r < len(words) for p in written for lr in p for r in lr),
                "calls_computed": writer.calls, "config": asdict(cfg)}
-    atomic_write_json(out / "summary.json", summary)
-    frame.to_csv(out / "results.csv", index=False)
-    return {"summary": summary, "records": frame, "decoded": decoded, "truth": truth, "written": written}
+    atomic_write_json(out / "summary.json", summary, within=out)
+    atomic_write_text(out / "results.csv", frame.to_csv(index=False), within=out)
+    return ContinuationResult(summary, frame, decoded, truth, written)

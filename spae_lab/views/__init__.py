@@ -3,7 +3,8 @@
 - `figures`: reconstruction grids, training curves, few-shot and ablation figures;
 - `pyramid_figures`: the token pyramid drawn over its image;
 - `parameters`: notebook parameters checked against their declared types and bounds;
-- `report`: notebooks run by papermill into HTML reports and an index.
+- `readable`: numbers and words as people read them (percentages with intervals, dB, word grids);
+- `report`: notebooks run by papermill into HTML reports; `report_index`: the index of the runs.
 
 Nothing here trains or calls an LLM.
 """

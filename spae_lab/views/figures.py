@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from spae_lab.io import atomic_save_figure
 from spae_lab.metrics import psnr
 
 
@@ -130,8 +131,7 @@ def save_reconstruction_figure(model, dataset, path: str | Path, num_images: int
     by_depth = model.decode_every_depth(pyramid)
     fig = reconstruction_grid(images.cpu(), by_depth.cpu(), model.layout.cumulative_tokens())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -31,8 +31,8 @@ def _relevance_of(relevance, layer: int, image: int) -> list[float] | None:
 
 def token_table(pyramid, image: int = 0, image_size: int | None = None, relevance=None) -> list[dict]:
     """The words of one image, one dict per token: layer (1-based), index, word, row and col on the
-    latent grid, x and y of the cell centre in pixels, span (pixels per token side at this layer)
-    and relevance (None without scores).
+    latent grid, x and y of the centre of the region the token stands for in pixels, span (pixels
+    per token side at this layer) and relevance (None without scores).
 
     relevance: optional list per layer of (B, n_l * n_l) or (n_l * n_l,) scores (see `token_scores`).
     """
@@ -43,10 +43,12 @@ def token_table(pyramid, image: int = 0, image_size: int | None = None, relevanc
         words = pyramid.words(layer, image)
         scores = _relevance_of(relevance, layer, image)
         n = pyramid.layout.layer_sizes[layer]
+        stride = grid // n  # a word stands for its stride x stride region: drawn at the region's centre
         for index, ((row, col), word) in enumerate(zip(pyramid.positions(layer).tolist(), words, strict=True)):
             rows.append({
                 "layer": layer + 1, "index": index, "word": word, "row": row, "col": col,
-                "x": (col + 0.5) * cell, "y": (row + 0.5) * cell, "span": grid * cell / n,
+                "x": (col - stride // 2 + stride / 2) * cell, "y": (row - stride // 2 + stride / 2) * cell,
+                "span": grid * cell / n,
                 "relevance": None if scores is None else scores[index],
             })
     return rows
@@ -55,7 +57,7 @@ def token_table(pyramid, image: int = 0, image_size: int | None = None, relevanc
 def _font_size(words: Sequence[str], spacing_inches: float, largest: float = 13.0) -> float:
     """Points such that the longest word fits the spacing between tokens."""
     longest = max([len(w) for w in words] + [3])
-    return max(4.0, min(largest, 72 * spacing_inches / (0.72 * longest + 1.5)))
+    return max(4.0, min(largest, 72 * spacing_inches / (0.62 * longest + 1.0)))
 
 
 def _draw_layer(ax, hwc, tokens: list[dict], n: int, size: int, panel_inches: float, norm, colours) -> None:
@@ -66,8 +68,10 @@ def _draw_layer(ax, hwc, tokens: list[dict], n: int, size: int, panel_inches: fl
     font = _font_size([t["word"] for t in tokens], panel_inches / n)
     for t in tokens:
         face = colours(norm(t["relevance"])) if norm is not None else (1, 1, 1, 0.75)
+        dark = 0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2] < 0.5  # white words on dark colours
         ax.text(t["x"], t["y"], t["word"], ha="center", va="center", fontsize=font, clip_on=True,
-                bbox={"boxstyle": "round,pad=0.15", "facecolor": face, "edgecolor": "none", "alpha": 0.85})
+                color="white" if dark else "black",
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": face, "edgecolor": "none", "alpha": 0.9})
     ax.set_xlim(0, size)
     ax.set_ylim(size, 0)
 
@@ -77,9 +81,10 @@ def token_pyramid_figure(image: torch.Tensor, pyramid, image_index: int = 0,
                          title: str | None = None, cmap: str = "viridis"):
     """A static figure: the image, then one panel per layer with each token's word written at its
     grid position over the (faded) image; thin lines mark the area each token of the layer stands
-    for. Coarse layers (up to 4x4) share the first row with the image; finer layers get panels
-    twice as large, two to a row, so their words stay legible. With `relevance` (a list per layer
-    of per-token scores) words sit on a colour for their score.
+    for. Coarse layers (up to 4x4) share the first row with the image; finer layers get a row
+    each, four panels wide, so their words stay legible (about 9 pt on an 8x8 layer at the
+    default size, read on a 1,280 px page). With `relevance` (a list per layer of per-token
+    scores) words sit on a colour for their score.
 
     image (3, H, W) in [0, 1]; pyramid: the image's TokenPyramid (or a batch, with `image_index`);
     layers: 1-based layers to draw (default all).
@@ -93,9 +98,10 @@ def token_pyramid_figure(image: torch.Tensor, pyramid, image_index: int = 0,
     coarse = [layer for layer in layers if sides[layer] <= 4]
     fine = [layer for layer in layers if sides[layer] > 4]
     top_columns = 1 + len(coarse)
-    fine_rows = -(-len(fine) // 2)
+    fine_rows = len(fine)
     width = panel_inches * max(top_columns, 4 if fine else 0)
-    heights = [panel_inches + 0.4] + [2 * panel_inches + 0.4] * fine_rows
+    fine_inches = panel_inches * 4
+    heights = [panel_inches + 0.4] + [fine_inches + 0.4] * fine_rows
     fig = plt.figure(figsize=(width, sum(heights)), layout="constrained")
     subfigs = fig.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
     scored = [r["relevance"] for r in table if r["relevance"] is not None]
@@ -106,11 +112,10 @@ def token_pyramid_figure(image: torch.Tensor, pyramid, image_index: int = 0,
     top[0].imshow(hwc, interpolation="nearest", extent=(0, size, size, 0))
     top[0].set_title("image", fontsize=10)
     panels = [(top[i + 1], layer, panel_inches) for i, layer in enumerate(coarse)]
-    for row in range(fine_rows):
-        axes = subfigs[row + 1].subplots(1, 2, squeeze=False)[0]
-        for ax in axes:
-            ax.set_axis_off()
-        panels += [(ax, layer, 2 * panel_inches) for ax, layer in zip(axes, fine[2 * row:2 * row + 2], strict=False)]
+    for row, layer in enumerate(fine):
+        ax = subfigs[row + 1].subplots(1, 1)
+        ax.set_axis_off()
+        panels.append((ax, layer, fine_inches))
     for ax in top:
         ax.set_axis_off()
     for ax, layer, inches in panels:
@@ -201,4 +206,11 @@ def token_pyramid_explorer(images: torch.Tensor, pyramid, captions: Sequence[str
     picker.observe(redraw, names="value")
     layer.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([picker, layer]), out])
+    for widget, name in ((picker, "image"), (layer, "layer")):  # the browser test finds them by class
+        widget.add_class("spae-control")
+        widget.add_class(f"spae-control-{name}")
+    out.add_class("spae-output-map")
+    box = widgets.VBox([widgets.HBox([picker, layer]), out])
+    box.add_class("spae-app")
+    box.add_class("spae-token-explorer")
+    return box

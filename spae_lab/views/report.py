@@ -32,12 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spae_lab.errors import SpaeError
-from spae_lab.io import remove_owned
-from spae_lab.views.parameters import ParameterError, check_parameter
+from spae_lab.io import atomic_write_text, remove_owned
+from spae_lab.views.parameters import ParameterError, check_parameter, parse_bounds
+from spae_lab.views.report_index import CONFIG_NAME, FAILED, SUCCEEDED, notebook_about, read_runs, write_index
 
-SUCCEEDED, FAILED = "succeeded", "failed"
+__all__ = ["CONFIG_NAME", "FAILED", "SUCCEEDED", "ReportError", "ReportRun", "find_notebooks", "read_runs",
+           "run_notebook", "run_reports", "summarize_runs", "write_index"]
+
+# Seconds one cell of a report may run unless the caller says otherwise: the slowest default cell
+# takes well under a minute, so a runaway cell (a huge parameter that slipped past its bound, a
+# stalled server) ends the run in minutes instead of holding the machine.
+DEFAULT_CELL_TIMEOUT = 600.0
 KERNEL_NAME = "python3"  # resolved to the current interpreter by `_current_python_kernel`
-CONFIG_NAME = "config.json"
 _PACKAGES = ("spae-lab", "torch", "numpy", "matplotlib", "plotly", "pandas", "papermill", "nbconvert",
              "nbclient", "ipykernel", "ipywidgets")
 
@@ -63,7 +69,8 @@ def check_injected(notebook: str, declared: dict[str, dict], given: dict) -> dic
     """`given` parameters checked against the types `declared` by the notebook's parameters cell
     (`spae_lab.views.parameters`): the values to inject, or ReportError naming what is wrong."""
     try:
-        return {name: check_parameter(name, value, declared[name]["inferred_type_name"])
+        return {name: check_parameter(name, value, declared[name]["inferred_type_name"],
+                                      parse_bounds(declared[name].get("help")))
                 if name in declared else value for name, value in given.items()}
     except ParameterError as e:
         raise ReportError(f"{notebook}: {e}") from None
@@ -197,7 +204,7 @@ def _current_python_kernel() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="spae-lab-kernel-") as root:
         spec = Path(root) / "kernels" / KERNEL_NAME
         spec.mkdir(parents=True)
-        (spec / "kernel.json").write_text(json.dumps({
+        atomic_write_text(spec / "kernel.json", json.dumps({
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                      "--IPKernelApp.log_level=ERROR"],  # no warnings about local TCP in reports
             "display_name": "Python 3 (ipykernel)", "language": "python",
@@ -237,7 +244,7 @@ def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, hide_
     node = nbformat.read(str(notebook), as_version=4)
     body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": Path(notebook).stem}})
     html_path = Path(html_path)
-    html_path.write_text(body, encoding="utf-8")
+    atomic_write_text(html_path, body)
     return html_path
 
 
@@ -289,7 +296,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
     the same name). Never raises for a failing notebook: the run says `failed` and why.
 
     A notebook that declares an `interactive` parameter gets False unless given: live-kernel
-    widgets show nothing in a report, and a batch run with widget comms can hang (nbclient#312)."""
+    widgets show nothing in a report, and a batch run with widget comms can hang (nbclient#312).
+    Each cell may run `timeout` seconds (None: DEFAULT_CELL_TIMEOUT)."""
     source = Path(notebook)
     name = source.stem
     check_name(tag)
@@ -314,16 +322,17 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
         "parameters": effective, "injected": parameters, "seed": effective.get("seed"),
         "hide_code": hide_code, "started": dt.datetime.now().isoformat(timespec="seconds"),
         "status": "running", **provenance(source),
-        "files": {"notebook": f"{name}.ipynb", "html": f"{name}.html"},
+        "files": {"notebook": f"{name}.ipynb", "html": f"{name}.html"}, "about": notebook_about(source),
     }
-    (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(record, indent=2, default=str))
     start = time.monotonic()
     try:
         if error is None:
             with _current_python_kernel() as kernel:
                 papermill.execute_notebook(str(source), str(folder / f"{name}.ipynb"),
                                            parameters=parameters, kernel_name=kernel,
-                                           progress_bar=False, execution_timeout=timeout)
+                                           progress_bar=False,
+                                           execution_timeout=timeout or DEFAULT_CELL_TIMEOUT)
     except Exception as exc:  # a failing notebook is a result, not a crash of the report set
         error, trace = _describe_error(exc)
     seconds = time.monotonic() - start
@@ -335,14 +344,14 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict | None = None,
             error = error or f"HTML export failed: {type(exc).__name__}: {exc}"
             trace = trace or traceback.format_exc()
     if not (folder / f"{name}.html").exists():  # never ran: a page with the error instead
-        (folder / f"{name}.html").write_text(
+        atomic_write_text(folder / f"{name}.html",
             f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>"
             f"</head><body><h1>{html.escape(name)}: failed</h1><pre>{html.escape(str(error))}\n\n"
-            f"{html.escape(str(trace))}</pre></body></html>", encoding="utf-8")
+            f"{html.escape(str(trace))}</pre></body></html>")
     status = FAILED if error else SUCCEEDED
     record.update(status=status, error=error, traceback=trace, seconds=round(seconds, 2),
                   finished=dt.datetime.now().isoformat(timespec="seconds"))
-    (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(record, indent=2, default=str))
     return ReportRun(name, tag, folder, status, seconds, parameters, error)
 
 
@@ -400,81 +409,3 @@ def summarize_runs(runs: Sequence[ReportRun], reports_dir: str | os.PathLike = "
              f"index: {Path(reports_dir) / 'index.html'}"]
     lines += [f"  {run.status:9s} {run.html}" + (f"  ({run.error})" if run.error else "") for run in runs]
     return "\n".join(lines)
-
-
-# --- the index --------------------------------------------------------------------------------------
-
-
-def read_runs(reports_dir: str | os.PathLike = "reports") -> list[dict]:
-    """Every run's config.json under reports_dir (with its folder name), newest first."""
-    runs = []
-    for path in Path(reports_dir).glob(f"*/{CONFIG_NAME}"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-            record = None
-        if not isinstance(record, dict):
-            record = {"notebook": path.parent.name, "status": "unreadable"}
-        record["folder"] = path.parent.name
-        runs.append(record)
-    return sorted(runs, key=lambda r: (r.get("started") or "", r["folder"]), reverse=True)
-
-
-_INDEX_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 2em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.8em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; }
-.succeeded { color: #16794a; font-weight: 600; }
-.failed, .unreadable { color: #b3261e; font-weight: 600; }
-.running { color: #8a6d00; font-weight: 600; }
-pre { background: #fbecec; padding: 0.5em; margin: 0.3em 0 0; white-space: pre-wrap; max-width: 70em; }
-code { font-size: 0.85em; }
-"""
-
-
-def _row(run: dict) -> str:
-    esc = html.escape
-    folder = run["folder"]
-    files = run.get("files", {})
-    links = [f'<a href="{esc(folder)}/{esc(files[k])}">{label}</a>'
-             for k, label in (("html", "report"), ("notebook", "notebook")) if "/" not in files.get(k, "/")]
-    links.append(f'<a href="{esc(folder)}/{CONFIG_NAME}">config</a>')
-    params = ", ".join(f"{k}={v!r}" for k, v in (run.get("injected") or {}).items()) or "defaults"
-    status = run.get("status", "unknown")
-    seconds = run.get("seconds")
-    error = f"<pre>{esc(str(run['error']))}</pre>" if run.get("error") else ""
-    return (f"<tr><td><b>{esc(str(run.get('notebook')))}</b>{error}</td><td>{esc(str(run.get('tag', '')))}</td>"
-            f"<td>{esc(str(run.get('started', '')))}</td><td class=\"{esc(status)}\">{esc(status)}</td>"
-            f"<td>{'' if seconds is None else f'{seconds:.1f} s'}</td><td><code>{esc(params)}</code></td>"
-            f"<td>{' · '.join(links)}</td></tr>")
-
-
-def write_index(reports_dir: str | os.PathLike = "reports") -> Path:
-    """reports_dir/index.html: the latest run of each notebook, then every run, each with its
-    status, parameters, error and links to its HTML page, executed notebook and config.json."""
-    reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    runs = read_runs(reports_dir)
-    latest: dict[str, dict] = {}
-    for run in runs:
-        latest.setdefault(str(run.get("notebook")), run)
-    latest_runs = sorted(latest.values(), key=lambda r: str(r.get("notebook")))
-    counts = {s: sum(r.get("status") == s for r in latest_runs) for s in (SUCCEEDED, FAILED)}
-    header = ("<tr><th>notebook</th><th>tag</th><th>started</th><th>status</th><th>time</th>"
-              "<th>parameters</th><th>files</th></tr>")
-    body = "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        "<title>spae-lab reports</title>", f"<style>{_INDEX_STYLE}</style></head><body>",
-        "<h1>spae-lab reports</h1>",
-        f"<p>Latest run of each notebook: <span class=\"succeeded\">{counts[SUCCEEDED]} succeeded</span>, "
-        f"<span class=\"failed\">{counts[FAILED]} failed</span>. Index written "
-        f"{dt.datetime.now().isoformat(timespec='seconds')}.</p>",
-        "<h2>Latest runs</h2>", f'<table id="latest">{header}',
-        *(_row(r) for r in latest_runs), "</table>",
-        f"<h2>All runs ({len(runs)})</h2>", f'<table id="all">{header}', *(_row(r) for r in runs), "</table>",
-        "</body></html>",
-    ])
-    path = reports_dir / "index.html"
-    path.write_text(body, encoding="utf-8")
-    return path
