@@ -17,12 +17,11 @@ import json
 
 import torch
 
-from spae_lab.checkpoint import create_tokenizer, load_tokenizer
-from spae_lab.config import apply_overrides
+from spae_lab.checkpoint import load_tokenizer
 from spae_lab.io import atomic_write_text
-from spae_lab.video.config import validate_clip
 from spae_lab.video.data import MovingScenes
 from spae_lab.video.evaluate import evaluate_clips, frame_by_frame
+from spae_lab.video.model import with_inference_settings
 
 
 def _spread(values: list[float]) -> str:
@@ -43,12 +42,7 @@ def main() -> None:
     for run in args.runs:
         model = load_tokenizer(run)
         if args.top_word:
-            cfg = model.experiment_config
-            apply_overrides(cfg, {"model.top_word": args.top_word})
-            validate_clip(cfg)
-            reader = create_tokenizer(cfg)
-            reader.load_state_dict(model.state_dict())
-            model = reader.eval()
+            model = with_inference_settings(model, {"model.top_word": args.top_word}).eval()
         clips = MovingScenes(args.clips, "heldout", args.eval_seed, model.config.image_size, model.frames)
         figures = evaluate_clips(model, clips)
         rows.append({"run": str(run), "words": model.layout.cumulative_tokens(), **figures})

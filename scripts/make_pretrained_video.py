@@ -1,13 +1,15 @@
 """Ship a finished clip training run as a pretrained clip tokenizer, with its model card.
 
     python scripts/make_pretrained_video.py NAME --run RUN_DIR --command "the command that trained RUN_DIR" \
-        [--eval-seed 7] [--clips 512] [--extra figures.json]
+        [--set model.top_word=teacher] [--eval-seed 7] [--clips 512] [--extra figures.json]
 
 As scripts/make_pretrained.py does for images: the run's weights in float16 without optimizer
 state go to spae_lab/assets/pretrained/NAME.safetensors; the *shipped* weights are evaluated on
 held-out clips of `--eval-seed` (a seed no run trained on and no setting was chosen on), beside
 the image tokenizer `scenes` run frame by frame on the same clips; the card NAME.json (data,
 config, steps, wall time and machine, commit, command, figures) and NAME.md go beside them.
+`--set model.top_word=teacher` changes how the shipped tokenizer *reads* clips (the clip teacher
+picks the words of the head layers), never its weights; the card records it as `inference_overrides`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from spae_lab.checkpoint import checkpoint_step, load_tokenizer, read_checkpoint
 from spae_lab.io import atomic_write_text
 from spae_lab.video.data import MovingDigits, MovingScenes
 from spae_lab.video.evaluate import evaluate_clips, frame_by_frame
-from spae_lab.video.model import clip_layout_summary
+from spae_lab.video.model import clip_layout_summary, with_inference_settings
 
 
 def _commit() -> str:
@@ -58,7 +60,11 @@ def markdown_card(card: dict) -> str:
              f"- trained: {card['steps']} steps, {card['wall_minutes']} minutes on {card['machine']}",
              f"- commit: {card['commit']}",
              f"- reproduce: `{card['command']}`, then `python scripts/make_pretrained_video.py {card['name']} "
-             f"--run RUN --command \"...\"`", "",
+             f"--run RUN --command \"...\""
+             + "".join(f" --set {k}={v}" for k, v in card.get("inference_overrides", {}).items()) + "`",
+             *([f"- read with: {', '.join(f'{k} = {v}' for k, v in card['inference_overrides'].items())} (the "
+                "weights were trained with the head layers' words picked by the semantic head)"]
+               if card.get("inference_overrides") else []), "",
              "Held-out figures (the shipped float16 weights):", "",
              "| depth | " + " | ".join(str(d) for d in depths) + " |", "|---|" + "---|" * len(m["psnr"]),
              "| words a clip | " + " | ".join(str(c) for c in card["cumulative_words"]) + " |",
@@ -90,10 +96,17 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=512, help="held-out clips to evaluate")
     parser.add_argument("--image-tokenizer", default="scenes", help="the frame-by-frame reference")
     parser.add_argument("--extra", help="JSON file of further figures to put on the card (reading, speed)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an inference setting of the shipped tokenizer (model.top_word)")
     args = parser.parse_args()
 
     run = Path(args.run)
     model = load_tokenizer(run)
+    overrides = dict(pair.split("=", 1) for pair in args.set)
+    if unknown := sorted(set(overrides) - {"model.top_word"}):
+        parser.error(f"--set takes only model.top_word, got {unknown}")
+    if overrides:  # the same weights in a tokenizer that reads with the new settings
+        model = with_inference_settings(model, overrides)
     cfg = model.experiment_config
     steps = checkpoint_step(read_checkpoint(run)[1], run)
     target = pretrained.PRETRAINED_DIR / f"{args.name}.safetensors"
@@ -114,6 +127,8 @@ def main() -> None:
             "frame_by_frame_tokenizer": args.image_tokenizer,
             "frame_by_frame": frame_by_frame(load_tokenizer(args.image_tokenizer), heldout)}
     card["eval_seconds"] = round(time.time() - start, 1)
+    if overrides:
+        card["inference_overrides"] = overrides
     card["config"] = cfg.to_dict()
     if args.extra:
         card.update(json.loads(Path(args.extra).read_text()))

@@ -18,16 +18,18 @@ and `Decoder` (`spae_lab.model`), run on every frame; time is mixed at the laten
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from einops import rearrange
 from torch import nn
 
 from spae_lab.codebook import Codebook, load_codebook
-from spae_lab.config import ModelConfig
+from spae_lab.config import ModelConfig, apply_overrides
 from spae_lab.model import SPAE, ShapeError, _norm
 from spae_lab.pyramid import PyramidLayout
 from spae_lab.quantizer import QuantizerOutput, unit_rms
-from spae_lab.video.config import ClipConfig, ClipExperimentConfig
+from spae_lab.video.config import ClipConfig, ClipExperimentConfig, validate_clip
 
 
 class TemporalBlock(nn.Module):
@@ -140,3 +142,15 @@ def create_clip_tokenizer(cfg: ClipExperimentConfig) -> ClipSPAE:
 
         model.top_word_guide = ClipGuide.from_config(cfg, model.codebook)
     return model
+
+
+def with_inference_settings(model: ClipSPAE, overrides: dict) -> ClipSPAE:
+    """The same weights in a clip tokenizer that reads clips with `overrides` applied to its config
+    (e.g. `model.top_word = "teacher"`: the clip teacher picks the head layers' words at encoding,
+    as the shipped image tokenizer `cifar10` takes layer 1's word from its teacher)."""
+    cfg = copy.deepcopy(model.experiment_config)
+    apply_overrides(cfg, overrides)
+    validate_clip(cfg)
+    reader = create_clip_tokenizer(cfg)
+    reader.load_state_dict(model.state_dict())
+    return reader.train(model.training)

@@ -142,16 +142,20 @@ QUESTIONS: dict[str, tuple[str, Callable, tuple[str, ...]]] = {
 def run_clip_vqa(readers: dict[str, Callable[[torch.Tensor], list[str]]], backend: LLMBackend,
                  train: MovingScenes, heldout: MovingScenes, num_examples: int = 8,
                  decodings: tuple[str, ...] = ("constrained",), questions: tuple[str, ...] = tuple(QUESTIONS),
-                 seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every question about every held-out clip, by the LLM reading each reader's words after
     `num_examples` examples (training clips, their words, the true answer), beside the answer read
     off the words alone (no LLM), the examples' majority answer and chance. Returns (records,
-    accuracy table with 95% intervals, per question, method and decoding)."""
+    accuracy table with 95% intervals, per question, method and decoding); `progress`: a tqdm.auto
+    bar over the LLM's passes (one per reader, question and decoding)."""
+    from tqdm.auto import tqdm
+
     example_ids = random.Random(seed).sample(range(len(train)), num_examples)
     example_clips = torch.stack([train[i]["video"] for i in example_ids])
     query_clips = torch.stack([heldout[i]["video"] for i in range(len(heldout))])
     params = GenerationParams(max_new_tokens=6, stop=("\n", "."))
     records = []
+    bar = tqdm(total=len(readers) * len(questions) * len(decodings), desc="clip questions", disable=not progress)
     for reader_name, reader in readers.items():
         example_texts, query_texts = reader(example_clips), reader(query_clips)
         for name in questions:
@@ -162,6 +166,7 @@ def run_clip_vqa(readers: dict[str, Callable[[torch.Tensor], list[str]]], backen
             truths = [truth_of(heldout.scene(i)) for i in range(len(heldout))]
             for decoding in decodings:
                 chosen = choose(backend, prefix, queries, answers, decoding, params)
+                bar.update(1)
                 records += [{"question": name, "method": reader_name, "decoding": decoding, "clip": i, "truth": t,
                              "prediction": None if c is None else answers[c], "correct": c is not None
                              and answers[c] == t} for i, (c, t) in enumerate(zip(chosen, truths, strict=True))]
@@ -169,6 +174,7 @@ def run_clip_vqa(readers: dict[str, Callable[[torch.Tensor], list[str]]], backen
                 pred = words_reference(text, answers)
                 records.append({"question": name, "method": f"{reader_name}: words alone (no LLM)", "decoding": "-",
                                 "clip": i, "truth": t, "prediction": pred, "correct": pred == t})
+    bar.close()
     for name in questions:
         _, truth_of, answers = QUESTIONS[name]
         shown = [truth_of(train.scene(i)) for i in example_ids]
