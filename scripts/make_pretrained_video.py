@@ -43,10 +43,14 @@ def _commit() -> str:
 
 
 def _minutes(run: Path) -> float | None:
-    """The last logged training minutes of the run (the trainer logs them with every record)."""
+    """Training minutes of the run: the trainer logs the minutes of its session with every record,
+    from 0 again after a resume, so the sessions' last figures add up."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     minutes = [r["minutes"] for r in records if "minutes" in r]
-    return minutes[-1] if minutes else None
+    if not minutes:
+        return None
+    total = sum(before for before, after in zip(minutes, minutes[1:], strict=False) if after < before)
+    return round(total + minutes[-1], 2)
 
 
 def markdown_card(card: dict) -> str:
@@ -62,6 +66,7 @@ def markdown_card(card: dict) -> str:
              f"- reproduce: `{card['command']}`, then `python scripts/make_pretrained_video.py {card['name']} "
              f"--run RUN --command \"...\""
              + "".join(f" --set {k}={v}" for k, v in card.get("inference_overrides", {}).items()) + "`",
+             *([f"- note: {card['command_note']}"] if card.get("command_note") else []),
              *([f"- read with: {', '.join(f'{k} = {v}' for k, v in card['inference_overrides'].items())} (the "
                 "weights were trained with the head layers' words picked by the semantic head)"]
                if card.get("inference_overrides") else []), "",

@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=8, help="VQA in-context examples (training clips)")
     parser.add_argument("--episodes", type=int, default=20, help="few-shot episodes per (ways, shots)")
     parser.add_argument("--ways", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--settings", default="frozen7")
+    parser.add_argument("--settings", default="frozen7", help="frozen7, quick or labels such as T-1s-0r,T-3s-0r")
+    parser.add_argument("--names", nargs="+", default=["real", "nonsense"], help="class names shown: real, nonsense")
     parser.add_argument("--layers", type=int, default=2, help="clip layers read (2: 2 words a clip)")
     parser.add_argument("--backend", default="hf:smollm2")
     parser.add_argument("--out", default="benchmarks/results/video_reading")
@@ -64,7 +65,7 @@ def main() -> None:
         print(to_markdown(vqa.round(3)))
         teacher = load_clip_teacher(model.experiment_config.semantic.teacher)
         config = FewShotConfig(ways=tuple(args.ways), settings=select_settings(args.settings),
-                               names=("real", "nonsense"), decodings=("likelihood",), episodes=args.episodes,
+                               names=tuple(args.names), decodings=("likelihood",), episodes=args.episodes,
                                seed=args.eval_seed)
         references = {"pixels": pixel_features, "clip teacher": lambda clips: teacher.embed_images(clips)}
         fewshot = run_clip_fewshot(heldout, readers, llm, config, out, "direction", references)

@@ -96,7 +96,8 @@ def _headline(metrics: dict) -> str:
     parts = []
     if "psnr" in metrics:
         parts.append("PSNR " + " / ".join(f"{v:.1f}" for v in metrics["psnr"]) + " dB")
-    for key, label in (("caption_hit", "caption word"), ("class_hit", "class word")):
+    for key, label in (("caption_hit", "caption word"), ("class_hit", "class word"),
+                       ("direction_hit", "direction word"), ("content_hit", "colour or shape word")):
         if key in metrics and len(metrics[key]) >= 2:
             parts.append(f"{label} in layers 1-2 {100 * metrics[key][1]:.0f}%")
         elif key in metrics:
