@@ -105,12 +105,19 @@ def _headline(metrics: dict) -> str:
     return "; ".join(parts)
 
 
+def image_tokenizers() -> list[str]:
+    """The shipped image tokenizers: those whose card holds no clip section (the clip ones, such
+    as `moving-scenes`, have other figures: docs/video.md)."""
+    return [name for name in available() if "clip" not in card(name).get("config", {})]
+
+
 def markdown_table(names: list[str] | None = None) -> str:
-    """The cards' held-out figures as a Markdown table (the README's, `spae-lab pretrained --markdown`)."""
+    """The image tokenizers' held-out figures as a Markdown table (the README's, `spae-lab
+    pretrained --markdown`), or those of `names`."""
     columns = ("name", "data", "steps (CPU minutes)", "PSNR by depth 1 / 2 / 3 / 4 / 5 (dB)",
                "names the image in the first 5 words", "distinct words L1 / L2", "relevance L1 (random word)")
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name in names or available():
+    for name in names or image_tokenizers():
         with _card_fields(name):
             rows.append(_table_row(name, card(name)))
     return "\n".join(rows)
