@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
 from spae_lab.data import COLORS, DIGIT_NAMES, SHAPES
-from spae_lab.io import atomic_write_json, atomic_write_path, read_safetensors
+from spae_lab.io import atomic_write_json, read_safetensors
 from spae_lab.losses import warmup_cosine
 from spae_lab.teacher import LiTTeacher, MiniLMTextEncoder, TeacherError
+from spae_lab.teacher.model import save_tower
 from spae_lab.video.data import DIRECTIONS, MovingDigits, MovingScenes
 
 BUILTIN_CLIP_TEACHER = Path(__file__).parents[1] / "assets" / "lit_clip_teacher.safetensors"
@@ -83,9 +83,7 @@ class ClipTeacher(LiTTeacher):
         t = self.tower
         meta = {"format": _FORMAT, "embed_dim": str(t.head.out_features), "width": str(t.width),
                 "image_size": str(t.image_size), "frames": str(t.frames), "info": json.dumps(metadata or {})}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in t.state_dict().items()}
-        with atomic_write_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        save_tower(t, path, meta)
 
     @classmethod
     def load(cls, path: str | Path, text_encoder: MiniLMTextEncoder | None = None) -> ClipTeacher:

@@ -27,7 +27,7 @@ from spae_lab.checkpoint import (
 from spae_lab.data import DataError
 from spae_lab.devices import choose_num_threads, pick_device
 from spae_lab.io import atomic_write_text
-from spae_lab.losses import reconstruction_losses
+from spae_lab.losses import pixel_and_codebook_losses
 from spae_lab.training.loop import TrainResult, backward_and_step, batch_indices, learning_rate, sample_depths
 from spae_lab.training.runs import (
     METRICS_NAME,
@@ -63,10 +63,7 @@ def clip_losses(out, clips: torch.Tensor, cfg: ClipExperimentConfig, model, guid
                 step: int, indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every weighted loss term of a step: pixels (L2, image gradients of every frame),
     commitment, codebook, and the semantic loss of each guided layer against its own targets."""
-    losses = reconstruction_losses(out.reconstructions.float(), clips * 2 - 1, cfg.loss)
-    losses["commitment"] = cfg.loss.commitment_weight * out.quant.commitment_loss
-    if model.quantizer.projection is not None:
-        losses["codebook"] = cfg.loss.codebook_weight * out.quant.codebook_loss
+    losses = pixel_and_codebook_losses(out, clips, cfg, model)
     if cfg.semantic.enabled:
         top = guide.top_words(clips, indices)
         losses["semantic"] = guide.weight(step, cfg.train.steps, cfg) * guide.loss(
