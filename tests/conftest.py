@@ -10,6 +10,10 @@ import torch
 # process alone gets two: threads x processes <= 2, which 2-core machines need (more was seen to
 # slow steps tenfold).
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The processes a test starts (nbval's notebook kernels, the CLI run as a user would) would
+    # otherwise take a thread per core each, beside the other worker's.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_addoption(parser):

@@ -1,4 +1,7 @@
-"""The ablation command: four variants, one table (CSV + Markdown), resumable."""
+"""The ablation command: four variants, one table (CSV + Markdown), resumable.
+
+Modules: spae_lab.training.ablation.
+"""
 
 import pandas as pd
 import pytest

@@ -1,4 +1,8 @@
-"""Tests for spae_lab.data: offline and fast (everything is generated in tmp_path)."""
+"""Tests for spae_lab.data: offline and fast (everything is generated in tmp_path).
+
+Modules: spae_lab.data.digits, spae_lab.data.folders, spae_lab.data.images, spae_lab.data.scenes,
+spae_lab.data.splits.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Few-shot harness: episodes, prompts, statistics, the three decodings end to end on a tiny random
-Llama, resume after a kill, the CLI, and one check that real SmolLM2 reads class words."""
+Llama, resume after a kill, the CLI, and one check that real SmolLM2 reads class words.
+
+Modules: spae_lab.reading.fewshot, spae_lab.reading.episodes, spae_lab.cli.reading.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """In-context generation: corruption schedule, regions and no-LLM fills, codebook-only words on a
 tiny random Llama, resume from the cache with the same images, the text writer's snapping, and
-the `generate` command writing its files."""
+the `generate` command writing its files.
+
+Modules: spae_lab.generate (tasks, decode, queries, run), spae_lab.generate.tasks,
+spae_lab.cli.generate.
+"""
 
 from __future__ import annotations
 

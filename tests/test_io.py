@@ -172,14 +172,20 @@ ALLOWED = {
     ("video/readers.py", "save"): "gif_bytes saves into an io.BytesIO; save_clip writes it with atomic_write_bytes",
     ("llm/cache.py", "connect"): "remove_links clears the database and its -wal/-shm before SQLite opens them",
     ("views/report.py", "execute_notebook"): "into the run's own folder, created empty just before",
+    ("widgets/pyramid_app.py", "to_json"): "plotly.io.to_json(figure) returns the JSON as a string",
 }
 
 
 def _temporaries(tree: ast.AST) -> set[str]:
-    """Names bound by `with atomic_write_path(...) as NAME` or `atomic_open(...) as NAME`, and the
-    folders of `tempfile.TemporaryDirectory()`: paths no other process has seen."""
+    """Names bound by `with atomic_write_path(...) as NAME` or `atomic_open(...) as NAME`, the
+    folders of `tempfile.TemporaryDirectory()` (paths no other process has seen), and in-memory
+    buffers (`NAME = io.BytesIO()`: no file at all)."""
     names = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if (getattr(func, "attr", None) or getattr(func, "id", None)) in ("BytesIO", "StringIO"):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
         if isinstance(node, ast.With):
             for item in node.items:
                 call = item.context_expr
@@ -232,7 +238,8 @@ def test_the_writer_check_sees_raw_writes():
                        "    img.save(path)\n    df.to_csv(path)\n    fig.savefig(path)\n"
                        "    open(path, 'w').write('x')\n    path.write_text('x')\n"
                        "    df.to_csv(index=False)\n    open(path).read()\n"
-                       "    with atomic_write_path(path) as tmp:\n        img.save(tmp)\n", "probe.py")
+                       "    with atomic_write_path(path) as tmp:\n        img.save(tmp)\n"
+                       "    buffer = io.BytesIO()\n    img.save(buffer)\n", "probe.py")
     assert sorted(h.split()[1] for h in hits) == ["open(...)", "save(...)", "savefig(...)", "to_csv(...)",
                                                   "write_text(...)"]
 

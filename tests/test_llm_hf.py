@@ -1,5 +1,8 @@
 """HFBackend on the tiny random Llama of tests/tiny_llm.py (fast), and one sanity check of the
-real SmolLM2 ranking."""
+real SmolLM2 ranking.
+
+Modules: spae_lab.llm.hf, spae_lab.llm.hf_load.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Inputs that gave tracebacks or misleading lines now give one clear line (issue 23, item 10):
 a codebook source that is a folder but no model, a damaged model card, weights of the wrong type or
-with NaN, a folder hiding a shipped name, and `edit` on images without classes."""
+with NaN, a folder hiding a shipped name, and `edit` on images without classes.
+
+Modules: spae_lab.errors (every message a SpaeError), spae_lab.cli.main.
+"""
 
 from __future__ import annotations
 

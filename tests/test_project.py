@@ -116,6 +116,26 @@ def test_no_module_is_over_500_lines():
     assert not long, f"split these: {long}"
 
 
+def _modules_named_by(test_file: Path) -> set[str]:
+    """The spae_lab modules a test file imports or names (`spae_lab.llm.decoding`, in code or prose)."""
+    text = test_file.read_text()
+    named = set(re.findall(r"spae_lab(?:\.[a-z_]+)+", text))
+    for module, names in re.findall(r"from (spae_lab[\w.]*) import \(?([\w, \n]+)", text):
+        named |= {f"{module}.{n.split()[0]}" for n in names.split(",") if n.strip()}
+    return named
+
+
+def test_every_module_is_named_by_its_tests():
+    """Tests are findable by module: `grep -l spae_lab.llm.decoding tests/` lists the files that
+    test it, because each imports it or names it (in its docstring where it tests it through the
+    CLI or a public name)."""
+    named = set().union(*(_modules_named_by(p) for p in (ROOT / "tests").glob("test_*.py")))
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
+               if p.stem not in ("__init__", "__main__")}
+    unnamed = sorted(m for m in modules if not any(n == m or n.startswith(m + ".") for n in named))
+    assert not unnamed, f"name these in the docstring of the tests that test them: {unnamed}"
+
+
 def test_the_command_line_starts_without_torch():
     """`spae-lab --help`, `presets` and `report --list` load no model: they must not pay torch's
     import (seconds on a busy machine). Checked by what is imported, not by a timing."""

@@ -3,6 +3,8 @@ opened in headless Chromium (no JavaScript errors, figures present, a screenshot
 
 The real notebooks run once per session (module fixture) with quick parameters; small synthetic
 notebooks cover failures and parameter handling.
+
+Modules: spae_lab.views.report, spae_lab.views.report_index, spae_lab.cli.reports, spae_lab.cli.demo.
 """
 
 import json

@@ -1,4 +1,7 @@
-"""Teachers: the locked MiniLM text tower, LiT training and checkpoints, Hugging Face CLIP."""
+"""Teachers: the locked MiniLM text tower, LiT training and checkpoints, Hugging Face CLIP.
+
+Modules: spae_lab.teacher.model, spae_lab.teacher.train.
+"""
 
 import pytest
 import torch

@@ -1,4 +1,7 @@
-"""Training: the loss falls, resume is exact, checkpoints load back and refuse a wrong codebook."""
+"""Training: the loss falls, resume is exact, checkpoints load back and refuse a wrong codebook.
+
+Modules: spae_lab.training.loop, spae_lab.training.runs, spae_lab.devices.
+"""
 
 import json
 import re

@@ -1,7 +1,10 @@
 """The workbench apps (spae_lab.widgets) driven as a user would, without a browser: set a control's
 value or click its button (ipywidgets runs the same callbacks a frontend triggers), and check what
 the app shows changed as it should. Outside a kernel every app is static (its figures).
-(tests/test_jupyterlab.py drives them in JupyterLab and Chromium.)"""
+(tests/test_jupyterlab.py drives them in JupyterLab and Chromium.)
+
+Modules: spae_lab.widgets (every app), spae_lab.widgets.live.
+"""
 
 from __future__ import annotations
 
