@@ -169,7 +169,6 @@ WRITING_METHODS = {"save", "savefig", "write_text", "write_bytes", "to_csv", "to
 ALLOWED = {
     ("teacher/train.py", "save"): "Teacher.save writes with atomic_write_path (teacher/model.py)",
     ("video/teacher.py", "save"): "ClipTeacher.save writes with atomic_write_path",
-    ("video/readers.py", "save"): "gif_bytes saves into an io.BytesIO; save_clip writes it with atomic_write_bytes",
     ("llm/cache.py", "connect"): "remove_links clears the database and its -wal/-shm before SQLite opens them",
     ("views/report.py", "execute_notebook"): "into the run's own folder, created empty just before",
     ("widgets/pyramid_app.py", "to_json"): "plotly.io.to_json(figure) returns the JSON as a string",

@@ -1,5 +1,6 @@
-"""The clip paths of the command line and of the run folder: train a clip preset, encode clip files,
-decode words to a GIF, MP4 or PNG strip, resume exactly, refuse bad clips in one line."""
+"""The clip paths of the command line (spae_lab.video.cli) and of the run folder: train a clip
+preset, encode clip files, decode words to a GIF, MP4 or PNG strip, resume exactly, refuse bad clips
+in one line. And the animated views the notebook shows (spae_lab.video.figures)."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from spae_lab.checkpoint import load_tokenizer, read_checkpoint
 from spae_lab.cli.main import main
 from spae_lab.video.config import create_clip_config
 from spae_lab.video.data import MovingScenes
+from spae_lab.video.figures import animation_html, clip_reconstruction_grid
 from spae_lab.video.readers import load_clip, save_clip
 from spae_lab.video.train import train_clips
 
@@ -58,3 +60,22 @@ def test_a_clip_run_resumes_exactly(tmp_path):
     resumed, _ = read_checkpoint(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_animations_are_gifs_inlined_in_the_page():
+    """One looping GIF per clip, as a data URI (it plays in JupyterLab and in the HTML report), with
+    every frame; the still grid has a row per depth."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    clips = {"a <clip>": torch.rand(3, 4, 8, 8), "b": torch.zeros(3, 4, 8, 8)}
+    page = animation_html(clips, scale=2, title="two clips")
+    data = re.findall(r'src="data:image/gif;base64,([^"]+)"', page)
+    assert len(data) == 2 and "a &lt;clip&gt;" in page and "two clips" in page
+    with Image.open(io.BytesIO(base64.b64decode(data[0]))) as gif:
+        assert gif.n_frames == 4 and gif.size == (16, 16) and gif.info.get("loop") == 0
+    figure = clip_reconstruction_grid(torch.rand(3, 4, 8, 8), torch.rand(3, 3, 4, 8, 8), [1, 2, 10])
+    assert figure is not None

@@ -1,4 +1,5 @@
-"""The clip pyramid (layout, SAQ over (t, h, w) regions, exact inverse) and ClipSPAE's API."""
+"""The clip pyramid (layout, SAQ over (t, h, w) regions, exact inverse) and ClipSPAE's API
+(spae_lab.video.model), and the shipped `moving-scenes`."""
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from spae_lab.pyramid import PyramidError, PyramidLayout, TokenPyramid
 from spae_lab.quantizer import PyramidQuantizer, add_spread, region_mean
 from spae_lab.video.config import create_clip_config
 from spae_lab.video.data import MovingScenes
+from spae_lab.video.model import clip_layout_summary, with_inference_settings
 
 
 def test_clip_layout_counts_and_coords():
@@ -125,3 +127,15 @@ def test_shipped_moving_scenes_names_the_motion_and_gives_the_clip_back():
         assert sum(h[key] for h in hits) / 32 >= 0.8 > sum(h[key] for h in drawn) / 32 + 0.5, key
     errors = [(model.decode(pyramid, d) - clips).pow(2).mean().item() for d in (1, 3, 5, 7)]
     assert errors == sorted(errors, reverse=True)
+
+
+def test_inference_settings_keep_the_weights(tiny):
+    model, _ = tiny
+    reader = with_inference_settings(model, {"model.top_word": "head", "train.steps": 7})
+    assert reader is not model and reader.experiment_config.train.steps == 7
+    assert model.experiment_config.train.steps != 7  # the model's own config is left alone
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reader.state_dict().values(),
+                                                 strict=True))
+    clips = torch.stack([MovingScenes(2, "heldout", 0, 16, 4)[i]["video"] for i in range(2)])
+    assert all(torch.equal(a, b) for a, b in zip(model.encode(clips).ids, reader.encode(clips).ids, strict=True))
+    assert clip_layout_summary(model).startswith("4 frames of 16 px; latent 2 x ")
