@@ -54,7 +54,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
                    "data.num_images": 256, "data.heldout_images": 16, "train.steps": 20,
                    "train.batch_size": 4, "train.warmup_steps": 5, "train.log_every": 5,
                    "train.eval_every": 10, "train.figure_every": 10, "train.checkpoint_every": 10},
-    # CPU: 32 px, 8 frames, a 4 x 8 x 8 latent grid
     # CPU: 32 px, 8 frames, an 8 x 8 x 8 latent grid; layers 1-2 one word each for the clip (what it
     # shows, how it moves), 3-4 over halves and quarters of it, then 2x2, 4x4, 8x8 words a frame:
     # 1, 2, 4, 8, 40, 168, 680 words, the image pyramid's count (85 a frame) at full depth
