@@ -658,6 +658,24 @@ def video_as_trained() -> str:
                "--top-word head --json benchmarks/results/video_bars_head.json")])
 
 
+@table("video-seeds")
+def video_seeds() -> str:
+    d = load("video_bars_seeds.json")
+    words = d["runs"][0]["words"]
+    rows = [[r["run"], f"{r['psnr'][-1]:.2f}", pct(r["direction_hit"][1], 1), pct(r["content_hit"][1], 1)]
+            for r in d["runs"]]
+    spread = d["mean_and_range"]
+    rows.append(["mean (min-max)", spread["psnr"][-1], spread["direction_hit"][1], spread["content_hit"][1]])
+    return "\n\n".join([
+        markdown(["run", f"PSNR at full depth, {words[-1]} words (dB)", "direction word in layers 1-2",
+                  "colour or shape word in layers 1-2"], rows, right=3),
+        f"{d['clips']} held-out clips of seed {d['eval_seed']}, float32 weights read with model.top_word = "
+        f"{d['top_word']}; shares as fractions in the last row. "
+        + source("`benchmarks/results/video_bars_seeds.json`",
+                 f"python scripts/eval_clip_runs.py runs/video_s0 runs/video_s1 --eval-seed {d['eval_seed']} "
+                 f"--clips {d['clips']} --top-word {d['top_word']} --json benchmarks/results/video_bars_seeds.json")])
+
+
 @table("video-vqa")
 def video_vqa() -> str:
     rows = [[r["question"], r["method"], f"{pct(float(r['accuracy']), 1)} ({pct(float(r['ci_low']))}-"
