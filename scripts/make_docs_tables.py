@@ -93,6 +93,19 @@ def card(name: str) -> dict:
     return json.loads((ROOT / "spae_lab" / "assets" / "pretrained" / f"{name}.json").read_text())
 
 
+def image_tokenizers() -> list[str]:
+    """The shipped image tokenizers (the clip ones have their own tables in docs/video.md)."""
+    from spae_lab.pretrained import image_tokenizers as names
+
+    return names()
+
+
+def clip_tokenizers() -> list[str]:
+    from spae_lab.pretrained import available
+
+    return [name for name in available() if "clip" in card(name)["config"]]
+
+
 @functools.cache
 def fewshot_gap(folder: str, ways: int, resamples: int = 10_000) -> dict:
     """SPAE minus LQAE-style accuracy over all 7 settings, with a 95% bootstrap interval over
@@ -179,10 +192,8 @@ def pretrained() -> str:
 
 @table("pretrained-provenance")
 def pretrained_provenance() -> str:
-    from spae_lab.pretrained import available
-
     rows = []
-    for name in available():
+    for name in image_tokenizers():
         c = card(name)
         rows.append([f"`{name}`", c["description"], c["steps"], c["wall_minutes"], c["machine"],
                      f"`{c['commit']}`", f"`{c['command']}`"])
@@ -191,10 +202,8 @@ def pretrained_provenance() -> str:
 
 @table("pretrained-depths")
 def pretrained_depths() -> str:
-    from spae_lab.pretrained import available
-
     rows = []
-    for name in available():
+    for name in image_tokenizers():
         m = card(name)["heldout"]
         hits = m.get("caption_hit") or m.get("class_hit")
         rows.append([f"`{name}`", per_depth(m["psnr"]), per_depth(m["distinct_words"], "{:.0f}"),
@@ -597,6 +606,109 @@ def ablations() -> str:
         source("`benchmarks/results/ablation_small_*.csv` (the cell pyramid with layers 1-3 guided; "
                "the other files there hold more variants)",
                "spae-lab ablate --preset small --steps 1000 --out runs/ablation")])
+
+
+# --- clips (docs/video.md) --------------------------------------------------------------------------
+
+VIDEO_READING = "video_reading"
+VIDEO_READING_2WAY = "video_reading_2way_60episodes"
+VIDEO_READING_COMMAND = ("python scripts/measure_clip_reading.py --tokenizer moving-scenes --eval-seed 7 --clips 200 "
+                         "--ways 2 4 --episodes 20 --settings quick --names real "
+                         "--out benchmarks/results/video_reading")
+VIDEO_WRITING_COMMAND = ("python scripts/measure_clip_writing.py --tokenizer moving-scenes --eval-seed 7 --clips 30 "
+                         "--layers 4 --out benchmarks/results/video_writing")
+
+
+@table("video-card")
+def video_card() -> str:
+    parts = []
+    for name in clip_tokenizers():
+        c = card(name)
+        m, f = c["heldout"], c["frame_by_frame"]
+        words = c["cumulative_words"]
+        rows = [[f"`{name}` at depth {d + 1}", words[d], f"{m['psnr'][d]:.2f}", pct(m["direction_hit"][d], 1),
+                 pct(m["content_hit"][d], 1)] for d in range(len(words))]
+        rows += [[f"`{c['frame_by_frame_tokenizer']}` frame by frame, depth {d + 1}", n, f"{f['psnr'][d]:.2f}",
+                  pct(f["direction_hit"][d], 1), pct(f["content_hit"][d], 1)]
+                 for d, n in enumerate(f["words_per_clip"])]
+        rows.sort(key=lambda r: (r[1], not r[0].startswith(f"`{name}`")))
+        reading = ", ".join(f"{k} = {v}" for k, v in c.get("inference_overrides", {}).items())
+        sets = "".join(f" --set {k}={v}" for k, v in c.get("inference_overrides", {}).items())
+        parts += [markdown(["tokenizer, depth", "words a clip", "PSNR (dB)", "direction word among them",
+                            "colour or shape word among them"], rows, right=4),
+                  f"{c['data']['heldout_clips']} held-out clips of seed {c['data']['eval_seed']}; the shipped "
+                  f"float16 weights, read with {reading or 'the trained settings'}. "
+                  + source(f"`spae_lab/assets/pretrained/{name}.json`",
+                           f"python scripts/make_pretrained_video.py {name} --run runs/video_s0{sets} "
+                           f"--command \"...\"")]
+    return "\n\n".join(parts)
+
+
+@table("video-as-trained")
+def video_as_trained() -> str:
+    d = load("video_bars_head.json")
+    run = d["runs"][0]
+    rows = [[depth + 1, run["words"][depth], f"{run['psnr'][depth]:.2f}", pct(run["direction_hit"][depth], 1),
+             pct(run["content_hit"][depth], 1)] for depth in range(len(run["words"]))]
+    return "\n\n".join([
+        markdown(["depth", "words a clip", "PSNR (dB)", "direction word in layers 1..d",
+                  "colour or shape word in layers 1..d"], rows, right=5),
+        source("`benchmarks/results/video_bars_head.json`",
+               f"python scripts/eval_clip_runs.py runs/video_s0 --eval-seed {d['eval_seed']} --clips {d['clips']} "
+               "--top-word head --json benchmarks/results/video_bars_head.json")])
+
+
+@table("video-vqa")
+def video_vqa() -> str:
+    rows = [[r["question"], r["method"], f"{pct(float(r['accuracy']), 1)} ({pct(float(r['ci_low']))}-"
+             f"{pct(float(r['ci_high']))})", pct(float(r["chance"]))]
+            for r in rows_of(f"{VIDEO_READING}/vqa.csv") if r["decoding"] in ("constrained", "-")]
+    return "\n\n".join([markdown(["question", "reader", "accuracy (95% interval)", "chance"], rows, right=2),
+                         source(f"`benchmarks/results/{VIDEO_READING}/vqa.csv` (likelihood ranking gives the same "
+                                "answers: every answer is one token)", VIDEO_READING_COMMAND)])
+
+
+@table("video-fewshot")
+def video_fewshot() -> str:
+    rows = []
+    for folder in (VIDEO_READING, VIDEO_READING_2WAY):
+        episodes = load(f"{folder}/config.json")["fewshot"]["episodes"]
+        for r in sorted(rows_of(f"{folder}/summary.csv"), key=lambda r: int(r["ways"])):
+            rows.append([f"{r['ways']}-way, {episodes} episodes", r["method"], r["queries"],
+                         f"{pct(float(r['accuracy']), 1)} ({pct(float(r['ci_low']))}-{pct(float(r['ci_high']))})",
+                         pct(1 / int(r["ways"]))])
+    return "\n\n".join([
+        markdown(["ways, episodes", "method", "queries", "accuracy (95% interval)", "chance"], rows, right=3),
+        source(f"`benchmarks/results/{VIDEO_READING}/` and `{VIDEO_READING_2WAY}/` (summary.csv)",
+               VIDEO_READING_COMMAND) + f"; the 2-way rerun: the same with `--ways 2 --episodes 60 --out "
+        f"benchmarks/results/{VIDEO_READING_2WAY}`"])
+
+
+@table("video-writing")
+def video_writing() -> str:
+    d = load("video_writing/summary.json")
+    methods = [k for k in d if k.startswith("psnr_later: ")]
+    rows = [[k.removeprefix("psnr_later: "), f"{d[k]:.2f}"] for k in methods]
+    return "\n\n".join([
+        markdown(["later frames from", "PSNR of frames 5-8 (dB)"], rows, right=1),
+        f"{d['clips']} held-out clips, {d['known_frames']} frames known, SmolLM2 writes layers 1-{d['layers']} "
+        f"({d['calls_computed']} calls); the direction word is among the words it wrote for layers 1-2 for "
+        f"{pct(d['direction_word_written'])} of clips. "
+        + source("`benchmarks/results/video_writing/summary.json`", VIDEO_WRITING_COMMAND)])
+
+
+@table("video-speed")
+def video_speed() -> str:
+    d = load("clip_speed_cpu.json")
+    rows = [[k, v["load_tokenizer_s"], v["read_clip_s"], v["encode_s"], f"**{v['load_read_encode_s']}**",
+             v["imports_s"], v.get("ratio_to_frame_by_frame", "")] for k, v in d["results"].items()]
+    return "\n\n".join([
+        markdown(["file, tokenizer", "load tokenizer (s)", "read clip (s)", "encode (s)", "load + read + encode (s)",
+                  "Python imports (s)", "ratio to frame by frame"], rows, right=6),
+        f"{d['machine']}, load average {d['load_average_1min']} (a shared machine), {d['statistic']} "
+        f"({d['repeats']}). " + source("`benchmarks/results/clip_speed_cpu.json`",
+                                       "python benchmarks/bench_clip_speed.py --repeats 5 --json "
+                                       "benchmarks/results/clip_speed_cpu.json")])
 
 
 # --- pages ------------------------------------------------------------------------------------------

@@ -40,6 +40,10 @@ _EXPORTS = {
     "load_tokenizer": "spae_lab.checkpoint",
     "SpaeError": "spae_lab.errors",
     "train": "spae_lab.training.loop",
+    # clips: spae_lab.video
+    "MovingScenes": "spae_lab.video.data",
+    "MovingDigits": "spae_lab.video.data",
+    "load_clip": "spae_lab.video.readers",
 }
 
 

@@ -64,7 +64,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def checkpoint_config(metadata: dict[str, str], source) -> ExperimentConfig:
     """The config a checkpoint was trained with (its metadata, as JSON)."""
     try:
-        return config_from_dict(json.loads(metadata["config"]))
+        data = json.loads(metadata["config"])
+        if isinstance(data, dict) and "clip" in data:  # a clip tokenizer (spae_lab.video)
+            from spae_lab.video.config import clip_config_from_dict
+
+            return clip_config_from_dict(data)
+        return config_from_dict(data)
     except (KeyError, json.JSONDecodeError, ConfigError) as e:
         reason = "no config" if isinstance(e, KeyError) else e
         raise CheckpointError(f"{source}: unusable config in its metadata: {reason}") from e
@@ -137,7 +142,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 def create_tokenizer(cfg: ExperimentConfig) -> SPAE:
     """A freshly initialised tokenizer for `cfg`, its codebook loaded (from the cache when built
-    before). `model.experiment_config` keeps the full config: its dataset, seed and teacher."""
+    before). `model.experiment_config` keeps the full config: its dataset, seed and teacher. A clip
+    config (`spae_lab.video.config`) gives a clip tokenizer."""
+    if hasattr(cfg, "clip"):
+        from spae_lab.video.model import create_clip_tokenizer
+
+        return create_clip_tokenizer(cfg)
     model = SPAE(cfg.model, load_codebook(cfg.codebook))
     model.experiment_config = cfg
     if cfg.model.top_word == "teacher":  # layer 1's word comes from the teacher (V2L's global token)

@@ -88,6 +88,16 @@ def semantic_loss_from_scores(scores: list[torch.Tensor], top_ids: torch.Tensor,
     return torch.stack(losses).mean()
 
 
+def pixel_and_codebook_losses(out, images: torch.Tensor, cfg: ExperimentConfig, model) -> dict[str, torch.Tensor]:
+    """The weighted terms every step has, images or clips: pixels (L2, image gradients),
+    commitment, and the codebook term when latents are projected into codebook space."""
+    losses = reconstruction_losses(out.reconstructions.float(), images * 2 - 1, cfg.loss)
+    losses["commitment"] = cfg.loss.commitment_weight * out.quant.commitment_loss
+    if model.quantizer.projection is not None:
+        losses["codebook"] = cfg.loss.codebook_weight * out.quant.codebook_loss
+    return losses
+
+
 def training_losses(out, images: torch.Tensor, cfg: ExperimentConfig, model, guide=None,
                     step: int = 0, indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every weighted loss term of one training step, by name (their sum is the loss).
@@ -97,10 +107,7 @@ def training_losses(out, images: torch.Tensor, cfg: ExperimentConfig, model, gui
     `indices` (B,), the images' dataset indices, let it read the teacher's top-K words from its
     cached table instead of running the teacher.
     """
-    losses = reconstruction_losses(out.reconstructions.float(), images * 2 - 1, cfg.loss)
-    losses["commitment"] = cfg.loss.commitment_weight * out.quant.commitment_loss
-    if model.quantizer.projection is not None:
-        losses["codebook"] = cfg.loss.codebook_weight * out.quant.codebook_loss
+    losses = pixel_and_codebook_losses(out, images, cfg, model)
     if cfg.semantic.enabled:
         top_ids = guide.top_words(images, indices)
         # distances computed once: the quantizer's search scores feed the softmax

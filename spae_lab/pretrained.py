@@ -26,6 +26,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cifar10": "natural images: CIFAR-10, 32 px",
     "cifar10-lqae": "LQAE-style baseline on CIFAR-10: one layer of 64 words, no semantic loss",
     "digits": "MNIST digits, 32 px, for in-context generation",
+    "moving-scenes": "clips of moving synthetic scenes, 8 frames of 32 px (spae_lab.video)",
 }
 
 
@@ -95,7 +96,8 @@ def _headline(metrics: dict) -> str:
     parts = []
     if "psnr" in metrics:
         parts.append("PSNR " + " / ".join(f"{v:.1f}" for v in metrics["psnr"]) + " dB")
-    for key, label in (("caption_hit", "caption word"), ("class_hit", "class word")):
+    for key, label in (("caption_hit", "caption word"), ("class_hit", "class word"),
+                       ("direction_hit", "direction word"), ("content_hit", "colour or shape word")):
         if key in metrics and len(metrics[key]) >= 2:
             parts.append(f"{label} in layers 1-2 {100 * metrics[key][1]:.0f}%")
         elif key in metrics:
@@ -103,12 +105,19 @@ def _headline(metrics: dict) -> str:
     return "; ".join(parts)
 
 
+def image_tokenizers() -> list[str]:
+    """The shipped image tokenizers: those whose card holds no clip section (the clip ones, such
+    as `moving-scenes`, have other figures: docs/video.md)."""
+    return [name for name in available() if "clip" not in card(name).get("config", {})]
+
+
 def markdown_table(names: list[str] | None = None) -> str:
-    """The cards' held-out figures as a Markdown table (the README's, `spae-lab pretrained --markdown`)."""
+    """The image tokenizers' held-out figures as a Markdown table (the README's, `spae-lab
+    pretrained --markdown`), or those of `names`."""
     columns = ("name", "data", "steps (CPU minutes)", "PSNR by depth 1 / 2 / 3 / 4 / 5 (dB)",
                "names the image in the first 5 words", "distinct words L1 / L2", "relevance L1 (random word)")
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name in names or available():
+    for name in names or image_tokenizers():
         with _card_fields(name):
             rows.append(_table_row(name, card(name)))
     return "\n".join(rows)

@@ -32,6 +32,11 @@ class PyramidLayout:
 
     grid: int
     layer_sizes: tuple[int, ...]
+    # clips (spae_lab.video): the latent grid is frames x grid x grid, and layer l holds
+    # time_sizes[l] x n_l x n_l tokens, each covering its (frames / t) x stride x stride region.
+    # Images: frames 1, time_sizes None.
+    frames: int = 1
+    time_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         g = self.grid
@@ -40,6 +45,19 @@ class PyramidLayout:
         for n in self.layer_sizes:
             if n < 1 or n > g or g % n or n & (n - 1):
                 raise PyramidError(f"layer size {n} must be a power of two dividing the grid {g}")
+        if self.time_sizes is None:
+            if self.frames != 1:
+                raise PyramidError(f"a layout of {self.frames} latent frames needs time_sizes")
+            return
+        f = self.frames
+        if f < 1 or f & (f - 1) or len(self.time_sizes) != len(self.layer_sizes):
+            raise PyramidError(f"a clip layout covers a power-of-two number of frames with one time size per "
+                               f"layer, got frames {f}, time sizes {self.time_sizes}")
+        for t in self.time_sizes:
+            if t < 1 or t > f or f % t or t & (t - 1):
+                raise PyramidError(f"time size {t} must be a power of two dividing the frames {f}")
+        if list(self.time_sizes) != sorted(self.time_sizes):
+            raise PyramidError(f"time sizes must go coarse to fine, got {self.time_sizes}")
 
     @property
     def num_layers(self) -> int:
@@ -47,10 +65,24 @@ class PyramidLayout:
 
     @property
     def num_positions(self) -> int:
-        return self.grid * self.grid
+        return self.frames * self.grid * self.grid
 
     def tokens_per_layer(self) -> list[int]:
-        return [n * n for n in self.layer_sizes]
+        return [self.time_size(layer) * n * n for layer, n in enumerate(self.layer_sizes)]
+
+    def time_size(self, layer: int) -> int:
+        """Tokens over time of `layer` (0-based): 1 for images."""
+        return 1 if self.time_sizes is None else self.time_sizes[layer]
+
+    def region(self, layer: int) -> tuple[int, int, int, int]:
+        """(grid, stride, frames, time stride) of `layer`'s regions: what `quantizer.region_mean`
+        and `quantizer.add_spread` take."""
+        return self.grid, self.stride(layer), self.frames, self.frames // self.time_size(layer)
+
+    def layer_shape(self, layer: int) -> str:
+        """'2x2' for an image layer, '2x2x2' (time x rows x columns) for a clip layer."""
+        n = self.layer_sizes[layer]
+        return f"{n}x{n}" if self.time_sizes is None else f"{self.time_sizes[layer]}x{n}x{n}"
 
     def cumulative_tokens(self) -> list[int]:
         out, total = [], 0
@@ -64,12 +96,18 @@ class PyramidLayout:
         return self.grid // self.layer_sizes[layer]
 
     def coords(self, layer: int) -> torch.Tensor:
-        """(n_l * n_l, 2) row, col grid coordinates selected by `layer` (0-based), row-major."""
+        """(n_l * n_l, 2) row, col grid coordinates selected by `layer` (0-based), row-major.
+        Clips: (t_l * n_l * n_l, 3) frame, row, col, frame-major (the order of a layer's tokens)."""
         n = self.layer_sizes[layer]
         stride = self.grid // n
         axis = stride // 2 + stride * torch.arange(n)
         rows, cols = torch.meshgrid(axis, axis, indexing="ij")
-        return torch.stack([rows.flatten(), cols.flatten()], dim=1)
+        plane = torch.stack([rows.flatten(), cols.flatten()], dim=1)
+        if self.time_sizes is None:
+            return plane
+        t, time_stride = self.time_sizes[layer], self.region(layer)[3]
+        times = (time_stride // 2 + time_stride * torch.arange(t)).repeat_interleave(n * n)
+        return torch.cat([times[:, None], plane.repeat(t, 1)], dim=1)
 
     @cached_property
     def positions(self) -> list[torch.Tensor]:
@@ -153,8 +191,7 @@ class TokenPyramid:
         num_layers = self.check_layers(num_layers)
         lines = []
         for layer in range(num_layers):
-            n = self.layout.layer_sizes[layer]
-            lines.append(f"layer {layer + 1} ({n}x{n}): " + " ".join(self.words(layer, image)))
+            lines.append(f"layer {layer + 1} ({self.layout.layer_shape(layer)}): " + " ".join(self.words(layer, image)))
         return "\n".join(lines)
 
     @classmethod

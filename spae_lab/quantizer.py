@@ -203,9 +203,9 @@ class PyramidQuantizer(nn.Module):
         ids, commit, codebook_terms, rel_err, estimates, targets, scores = [], [], [], [], [], [], []
         for layer in range(self.layout.num_layers):
             source = head if head is not None and layer < head_layers else z
-            stride = self.layout.stride(layer)
-            z_region = region_mean(source, self.layout.grid, stride)  # (B, n*n, D)
-            prev_sum = region_mean(sums, self.layout.grid, stride)  # constant over each region
+            region = self.layout.region(layer)  # grid, stride (and, for clips, frames, time stride)
+            z_region = region_mean(source, *region)  # (B, n*n, D)
+            prev_sum = region_mean(sums, *region)  # constant over each region
             if self.mode == "saq":  # SPAE: streaming average quantization
                 target = (layer + 1) * z_region - prev_sum
             else:  # residual quantization
@@ -223,7 +223,7 @@ class PyramidQuantizer(nn.Module):
             region_estimate = prev_sum + words
             if self.mode == "saq":
                 region_estimate = region_estimate / (layer + 1)
-            sums = add_spread(sums, words, self.layout.grid, stride)
+            sums = add_spread(sums, words, *region)
             estimates.append(sums / (layer + 1) if self.mode == "saq" else sums)
             ids.append(layer_ids)
             # commitment: pull the encoder's region mean towards its quantized estimate
@@ -251,13 +251,18 @@ class PyramidQuantizer(nn.Module):
                     f"layer {layer + 1} needs ids of shape ({B}, {pos.numel()}), got {tuple(ids[layer].shape)}"
                 )
             words = table[ids[layer].to(sums.device)]
-            sums = add_spread(sums, words, self.layout.grid, self.layout.stride(layer))
+            sums = add_spread(sums, words, *self.layout.region(layer))
         return sums / num_layers if self.mode == "saq" else sums
 
 
-def region_mean(x: torch.Tensor, grid: int, stride: int) -> torch.Tensor:
+def region_mean(x: torch.Tensor, grid: int, stride: int, frames: int = 1, time_stride: int = 1) -> torch.Tensor:
     """(B, G*G, D) per-cell vectors -> (B, n*n, D) means over each stride x stride region,
-    row-major over regions (n = G / stride)."""
+    row-major over regions (n = G / stride). Clips: (B, F*G*G, D) -> (B, m*n*n, D) over regions
+    of time_stride x stride x stride cells (m = F / time_stride), frame-major."""
+    if frames > 1:
+        B, _, D = x.shape
+        n, m = grid // stride, frames // time_stride
+        return x.view(B, m, time_stride, n, stride, n, stride, D).mean(dim=(2, 4, 6)).reshape(B, m * n * n, D)
     if stride == 1:
         return x
     B, _, D = x.shape
@@ -275,9 +280,16 @@ def spread(x: torch.Tensor, grid: int, stride: int) -> torch.Tensor:
     return (x.view(B, n, 1, n, 1, D).expand(B, n, stride, n, stride, D).reshape(B, grid * grid, D))
 
 
-def add_spread(sums: torch.Tensor, x: torch.Tensor, grid: int, stride: int) -> torch.Tensor:
+def add_spread(sums: torch.Tensor, x: torch.Tensor, grid: int, stride: int, frames: int = 1,
+               time_stride: int = 1) -> torch.Tensor:
     """sums (B, G*G, D) + spread(x (B, n*n, D)): the same values (and gradients), in one broadcast
-    add instead of a copy of the spread grid and an add."""
+    add instead of a copy of the spread grid and an add. Clips: sums (B, F*G*G, D), x (B, m*n*n,
+    D) over regions of time_stride x stride x stride cells (see `region_mean`)."""
+    if frames > 1:
+        B, _, D = x.shape
+        n, m = grid // stride, frames // time_stride
+        grown = sums.view(B, m, time_stride, n, stride, n, stride, D) + x.view(B, m, 1, n, 1, n, 1, D)
+        return grown.view(B, frames * grid * grid, D)
     if stride == 1:
         return sums + x
     B, _, D = x.shape

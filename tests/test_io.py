@@ -168,6 +168,7 @@ WRITING_METHODS = {"save", "savefig", "write_text", "write_bytes", "to_csv", "to
 # Reviewed exceptions: (module, method) -> why the call is safe.
 ALLOWED = {
     ("teacher/train.py", "save"): "Teacher.save writes with atomic_write_path (teacher/model.py)",
+    ("video/teacher.py", "save"): "ClipTeacher.save writes with atomic_write_path",
     ("llm/cache.py", "connect"): "remove_links clears the database and its -wal/-shm before SQLite opens them",
     ("views/report.py", "execute_notebook"): "into the run's own folder, created empty just before",
     ("widgets/pyramid_app.py", "to_json"): "plotly.io.to_json(figure) returns the JSON as a string",

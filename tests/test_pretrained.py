@@ -14,7 +14,7 @@ from spae_lab.metrics import caption_word_hits, class_word_hits, random_words
 from spae_lab.training.evaluate import evaluate
 from spae_lab.training.loop import build_datasets, build_guide
 
-SHIPPED = ("scenes", "cifar10", "cifar10-lqae", "digits")
+SHIPPED = ("scenes", "cifar10", "cifar10-lqae", "digits", "moving-scenes")
 
 
 def test_every_described_tokenizer_ships_with_a_card():

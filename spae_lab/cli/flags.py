@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 
 from spae_lab.config import list_presets
+from spae_lab.video.config import list_clip_presets
 
 MAX_COUNT = 1_000_000  # images, episodes, steps of a command-line run: far above any real use
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take this range
@@ -108,7 +109,7 @@ def force(p: argparse.ArgumentParser, what: str) -> None:
 
 def config(p: argparse.ArgumentParser) -> None:
     """The training config: a preset, a YAML file, --set pairs and shortcuts (see `config_overrides`)."""
-    p.add_argument("--preset", default="small", choices=list_presets())
+    p.add_argument("--preset", default="small", choices=list_presets() + list_clip_presets())
     p.add_argument("--config", help="YAML file of config keys (dotted or nested)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=5e-4")
     p.add_argument("--steps", type=integer(1, 10_000_000))

@@ -11,6 +11,7 @@ import yaml
 from spae_lab.cli import flags
 from spae_lab.cli.flags import integer
 from spae_lab.config import CodebookConfig, ConfigError, create_config, list_presets
+from spae_lab.video.config import create_clip_config, list_clip_presets
 
 
 def _first_line(error: Exception) -> str:
@@ -51,6 +52,8 @@ def config_from_args(args):
     for flag, key in flags.CONFIG_SHORTCUTS.items():
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
+    if args.preset in list_clip_presets():  # clips (spae_lab.video)
+        return create_clip_config(args.preset, overrides)
     return create_config(args.preset, overrides)
 
 
@@ -61,6 +64,8 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{cfg.preset}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a run folder")
+    if hasattr(cfg, "clip"):  # a clip preset: the clip trainer
+        from spae_lab.video.train import train_clips as train
     result = train(cfg, out, resume=args.resume, force=args.force, progress=not args.quiet)
     if result.rank == 0:  # under torchrun, rank 0 speaks for the job
         print(result.describe())
@@ -87,6 +92,10 @@ def cmd_encode(args) -> int:
     model = load_tokenizer(args.checkpoint)
     if args.layers is not None and args.layers > model.num_layers:
         raise ConfigError(f"--layers must be in 1..{model.num_layers} for this tokenizer, got {args.layers}")
+    if hasattr(model, "clip_config"):  # a clip tokenizer: GIF, MP4 or folders of frames
+        from spae_lab.video.cli import encode_clips
+
+        return encode_clips(model, args)
     names, images = _load_images(model, args)
     pyramid = model.encode(images)
     for i, name in enumerate(names):
@@ -101,6 +110,10 @@ def cmd_decode(args) -> int:
     from spae_lab.views.figures import save_image
 
     model = load_tokenizer(args.checkpoint)
+    if hasattr(model, "clip_config"):  # a clip tokenizer: .gif, .mp4 or a .png strip of frames
+        from spae_lab.video.cli import decode_clips
+
+        return decode_clips(model, args)
     pyramid = TokenPyramid.from_text(args.text, model.layout, model.codebook)
     path = save_image(model.decode(pyramid)[0], args.out)
     print(f"decoded {pyramid.num_layers} layers to {path}")
@@ -193,7 +206,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("encode", help="print images as their pyramid of words")
     p.add_argument("checkpoint", help="shipped name, checkpoint file or run folder")
-    p.add_argument("images", nargs="*", help="image files (default: held-out synthetic scenes)")
+    p.add_argument("images", nargs="*", help="image files; for a clip tokenizer GIF or MP4 files or folders of "
+                   "frames (default: held-out synthetic scenes, or moving scenes)")
     p.add_argument("--count", type=integer(1, 10_000), default=1, help="held-out scenes to encode without images")
     p.add_argument("--layers", type=integer(1, 64), help="print the first N layers only")
     p.add_argument("--text", action="store_true", help="one line of words, as an LLM reads it")
@@ -202,7 +216,8 @@ def register(sub) -> None:
     p = sub.add_parser("decode", help="decode a pyramid of words back to an image")
     p.add_argument("checkpoint", help="shipped name, checkpoint file or run folder")
     p.add_argument("text", help="words of the first layers, as printed by encode --text")
-    flags.out(p, None, "image file to write (.png, .jpg, ...; an existing file is replaced)")
+    flags.out(p, None, "image file to write (.png, .jpg, ...; an existing file is replaced); a clip tokenizer "
+              "writes .gif, .mp4 or a .png strip of frames")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("codebook", help="build a codebook and report vocabulary sizes")

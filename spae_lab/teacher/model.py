@@ -152,6 +152,13 @@ class ImageTower(nn.Module):
         return F.normalize(self.head(x), dim=-1)
 
 
+def save_tower(tower: nn.Module, path: str | Path, metadata: dict[str, str]) -> None:
+    """A teacher's trained tower as safetensors with its metadata, written atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tower.state_dict().items()}
+    with atomic_write_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
 class LiTTeacher(Teacher):
     """Trained CNN image tower + locked MiniLM text tower."""
 
@@ -184,9 +191,7 @@ class LiTTeacher(Teacher):
         meta = {"format": _FORMAT, "embed_dim": str(self.tower.head.out_features),
                 "width": str(self.tower.features[0].out_channels),
                 "image_size": str(self.tower.image_size), "info": json.dumps(metadata or {})}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tower.state_dict().items()}
-        with atomic_write_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        save_tower(self.tower, path, meta)
 
     @classmethod
     def load(cls, path: str | Path, text_encoder: MiniLMTextEncoder | None = None) -> LiTTeacher:
