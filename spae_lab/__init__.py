@@ -47,16 +47,27 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'spae_lab' has no attribute {name!r}")
+def lazy_exports(package: str, exports: dict[str, str]):
+    """`__getattr__` and `__dir__` for a package whose public names (`exports`: name -> module)
+    are imported on first use, so that importing the package loads no torch."""
+    import sys
+
+    namespace = sys.modules[package].__dict__
+
+    def __getattr__(name: str):
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            namespace[name] = value  # later lookups skip this function
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted([*namespace, *exports])
+
+    return __getattr__, __dir__
 
 
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 try:  # the version is written once, in pyproject.toml

@@ -11,16 +11,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from spae_lab.config import ConfigError, ExperimentConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """"auto" (CUDA if available, else CPU) or a torch device name; ConfigError for a name torch
     does not know or a CUDA device this machine does not have."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -49,6 +52,15 @@ def available_cores() -> float:
     return cores
 
 
+def use_the_free_cores() -> None:
+    """Before torch loads: its CPU threads are the free cores (`choose_num_threads`) unless
+    OMP_NUM_THREADS says otherwise. Torch takes a thread per core, and beside a busy process those
+    threads wait on each other at every parallel region: reading by SmolLM2 was seen to run
+    several times slower (docs/performance.md, "Threads")."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(choose_num_threads())
+
+
 def choose_num_threads() -> int:
     """Torch threads for a run that sets none (`train.num_threads`): the available cores less the
     ones other processes keep busy (the 1-minute load average), shared among the processes torchrun
@@ -67,6 +79,8 @@ def choose_num_threads() -> int:
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """bf16 autocast on CUDA by default; fp32 on CPU (bf16 is slow on CPUs without AMX)."""
+    import torch
+
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
@@ -96,6 +110,8 @@ def init_distributed(cfg: ExperimentConfig) -> DistributedContext:
     if cfg.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} (the global batch) must be "
                           f"divisible by the {world_size} processes")
+    import torch.distributed as dist
+
     owns = False
     if not dist.is_initialized():
         backend = cfg.train.distributed_backend
@@ -111,6 +127,9 @@ def all_mean(values: list[float], ctx: DistributedContext) -> list[float]:
     this is the loss of the global batch)."""
     if ctx.world_size == 1:
         return values
+    import torch
+    import torch.distributed as dist
+
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return (t / ctx.world_size).tolist()

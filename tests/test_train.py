@@ -196,3 +196,22 @@ def test_threads_chosen_from_free_cores(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
     assert devices.available_cores() <= 3 and 1 <= devices.choose_num_threads() <= 3
+
+
+def test_the_cli_gives_torch_the_free_cores_unless_told(monkeypatch):
+    """Beside a busy process torch's thread per core slows reading severalfold: the CLI gives torch
+    the cores the load leaves free, and OMP_NUM_THREADS, when set, wins."""
+    import os
+
+    from spae_lab import devices
+
+    monkeypatch.setattr(devices, "available_cores", lambda: 2.0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "placeholder")  # restored after the test
+    for load, threads in ((0.1, "2"), (1.0, "1"), (3.5, "1")):
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(devices.os, "getloadavg", lambda load=load: (load, load, load))
+        devices.use_the_free_cores()
+        assert os.environ["OMP_NUM_THREADS"] == threads, load
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    devices.use_the_free_cores()
+    assert os.environ["OMP_NUM_THREADS"] == "2"

@@ -125,11 +125,12 @@ def run_notebooks(out: Path, scenes_tokenizer: str, reports_dir: str | Path, tra
     """Every notebook on the demo's tokenizers into `reports_dir` (tag "demo")."""
     from spae_lab.views.report import find_notebooks, run_reports
 
-    # Each notebook takes the parameters it declares: the tour, token-pyramid and reconstruction
-    # notebooks read the scenes tokenizer, the few-shot notebook the cifar10 pair on the shipped
-    # CIFAR-10 sample (and reuses the demo's LLM answers).
+    # Each notebook takes the parameters it declares: the token-pyramid and reconstruction notebooks
+    # read the scenes tokenizer, the few-shot notebook the cifar10 pair on the shipped CIFAR-10
+    # sample (and reuses the demo's LLM answers); the tour keeps the shipped digits, whose top word
+    # it replaces by another digit's name.
     parameters = {"checkpoints": [scenes_tokenizer], "scene_checkpoint": scenes_tokenizer}
-    per_notebook = {name: {"checkpoint": scenes_tokenizer} for name in ("01_tour", "02_token_pyramid")}
+    per_notebook = {"02_token_pyramid": {"checkpoint": scenes_tokenizer}}
     if trained_steps is not None:  # the training notebook shows this run's curves (it is finished)
         per_notebook["04_training"] = {"preset": "small", "steps": trained_steps, "out_dir": str(out)}
     if fewshot_episodes is not None:  # the same experiment: the notebook asks the LLM nothing new

@@ -13,6 +13,7 @@ import os
 import sys
 
 from spae_lab.cli import flags, generate, reading, reports, tokenizer
+from spae_lab.devices import use_the_free_cores
 from spae_lab.errors import SpaeError
 from spae_lab.io import describe_os_error
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except flags.UsageError as e:
         print(e, file=sys.stderr)
         return 2
+    use_the_free_cores()  # before any command loads torch
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -21,7 +21,7 @@ first use.
 
 from __future__ import annotations
 
-import importlib
+from spae_lab import lazy_exports
 
 _EXPORTS = {
     "DecodeConfig": "spae_lab.generate.decode",
@@ -37,11 +37,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'spae_lab.generate' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

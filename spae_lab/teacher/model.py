@@ -159,6 +159,22 @@ def save_tower(tower: nn.Module, path: str | Path, metadata: dict[str, str]) -> 
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def load_tower(path: str | Path, file_format: str, what: str, build) -> tuple[nn.Module, dict, str]:
+    """A tower saved by `save_tower`: (the tower, its info, a digest of the file). `build(meta)`
+    makes the empty tower from the metadata; a file that is not one, or is damaged, is a one-line
+    TeacherError naming `what` it should be."""
+    path = Path(path)
+    tensors, meta = read_safetensors(path, file_format, TeacherError, what)
+    try:
+        tower = build(meta)
+        tower.load_state_dict(tensors)
+        info = json.loads(meta.get("info", "{}"))
+    except (KeyError, ValueError, RuntimeError) as e:  # ValueError covers bad JSON
+        reason = f"no {e} in its metadata" if isinstance(e, KeyError) else str(e)
+        raise TeacherError(f"{path} is a damaged {what}: {reason}") from e
+    return tower, info, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 class LiTTeacher(Teacher):
     """Trained CNN image tower + locked MiniLM text tower."""
 
@@ -195,16 +211,9 @@ class LiTTeacher(Teacher):
 
     @classmethod
     def load(cls, path: str | Path, text_encoder: MiniLMTextEncoder | None = None) -> LiTTeacher:
-        path = Path(path)
-        tensors, meta = read_safetensors(path, _FORMAT, TeacherError, "LiT teacher checkpoint")
-        try:
-            tower = ImageTower(int(meta["embed_dim"]), int(meta["width"]), int(meta["image_size"]))
-            tower.load_state_dict(tensors)
-            info = json.loads(meta.get("info", "{}"))
-        except (KeyError, ValueError, RuntimeError) as e:  # ValueError covers bad JSON
-            reason = f"no {e} in its metadata" if isinstance(e, KeyError) else str(e)
-            raise TeacherError(f"{path} is a damaged LiT teacher checkpoint: {reason}") from e
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        tower, info, digest = load_tower(
+            path, _FORMAT, "LiT teacher checkpoint",
+            lambda meta: ImageTower(int(meta["embed_dim"]), int(meta["width"]), int(meta["image_size"])))
         teacher = cls(tower, text_encoder, name=f"lit-{digest}")
         teacher.info = info
         return teacher

@@ -17,34 +17,19 @@ Names are imported on first use: `import spae_lab.video` loads no torch.
 
 from __future__ import annotations
 
-import importlib
+from spae_lab import lazy_exports
 
-_EXPORTS = {
-    "DIRECTIONS": "spae_lab.video.data",
-    "ClipScene": "spae_lab.video.data",
-    "MovingDigits": "spae_lab.video.data",
-    "MovingScenes": "spae_lab.video.data",
-    "render_moving_scene": "spae_lab.video.data",
-    "ClipError": "spae_lab.video.readers",
-    "ClipFolderDataset": "spae_lab.video.readers",
-    "load_clip": "spae_lab.video.readers",
-    "save_clip": "spae_lab.video.readers",
-    "ClipExperimentConfig": "spae_lab.video.config",
-    "create_clip_config": "spae_lab.video.config",
-    "list_clip_presets": "spae_lab.video.config",
-    "ClipSPAE": "spae_lab.video.model",
-    "load_clip_teacher": "spae_lab.video.teacher",
-    "ClipGuide": "spae_lab.video.semantic",
-    "train_clips": "spae_lab.video.train",
-    "evaluate_clips": "spae_lab.video.evaluate",
-}
+# name -> the module that defines it, by module
+_EXPORTS = {name: f"spae_lab.video.{module}" for module, names in {
+    "data": ("DIRECTIONS", "ClipScene", "MovingDigits", "MovingScenes", "render_moving_scene"),
+    "readers": ("ClipError", "ClipFolderDataset", "load_clip", "save_clip"),
+    "config": ("ClipExperimentConfig", "create_clip_config", "list_clip_presets"),
+    "model": ("ClipSPAE",),
+    "teacher": ("load_clip_teacher",),
+    "semantic": ("ClipGuide",),
+    "train": ("train_clips",),
+    "evaluate": ("evaluate_clips",),
+}.items() for name in names}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'spae_lab.video' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,6 @@ left" against "moving right", "up", "down"), colour, shape and digit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -28,10 +27,10 @@ from torch import nn
 from torch.utils.data import Subset
 
 from spae_lab.data import COLORS, DIGIT_NAMES, SHAPES
-from spae_lab.io import atomic_write_json, read_safetensors
+from spae_lab.io import atomic_write_json
 from spae_lab.losses import warmup_cosine
 from spae_lab.teacher import LiTTeacher, MiniLMTextEncoder, TeacherError
-from spae_lab.teacher.model import save_tower
+from spae_lab.teacher.model import load_tower, save_tower
 from spae_lab.video.data import DIRECTIONS, MovingDigits, MovingScenes
 
 BUILTIN_CLIP_TEACHER = Path(__file__).parents[1] / "assets" / "lit_clip_teacher.safetensors"
@@ -87,17 +86,10 @@ class ClipTeacher(LiTTeacher):
 
     @classmethod
     def load(cls, path: str | Path, text_encoder: MiniLMTextEncoder | None = None) -> ClipTeacher:
-        path = Path(path)
-        tensors, meta = read_safetensors(path, _FORMAT, TeacherError, "clip teacher checkpoint")
-        try:
-            tower = ClipTower(int(meta["embed_dim"]), int(meta["width"]), int(meta["image_size"]),
-                              int(meta["frames"]))
-            tower.load_state_dict(tensors)
-            info = json.loads(meta.get("info", "{}"))
-        except (KeyError, ValueError, RuntimeError) as e:
-            reason = f"no {e} in its metadata" if isinstance(e, KeyError) else str(e)
-            raise TeacherError(f"{path} is a damaged clip teacher checkpoint: {reason}") from e
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        tower, info, digest = load_tower(
+            path, _FORMAT, "clip teacher checkpoint",
+            lambda meta: ClipTower(int(meta["embed_dim"]), int(meta["width"]), int(meta["image_size"]),
+                                   int(meta["frames"])))
         teacher = cls(tower, text_encoder, name=f"lit-clip-{digest}")
         teacher.info = info
         return teacher

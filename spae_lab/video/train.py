@@ -14,16 +14,7 @@ from pathlib import Path
 
 import torch
 
-from spae_lab.checkpoint import (
-    CHECKPOINT_NAME,
-    checkpoint_config,
-    checkpoint_step,
-    create_tokenizer,
-    read_checkpoint,
-    restore_optimizer,
-    restore_weights,
-    save_checkpoint,
-)
+from spae_lab import checkpoint
 from spae_lab.data import DataError
 from spae_lab.devices import choose_num_threads, pick_device
 from spae_lab.io import atomic_write_text
@@ -90,15 +81,15 @@ def _train(cfg, folder: RunFolder, resume: bool, force: bool, progress: bool, on
     torch.set_num_threads(cfg.train.num_threads or choose_num_threads())
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    checkpoint_path, metrics_path = run_dir / CHECKPOINT_NAME, run_dir / METRICS_NAME
+    checkpoint_path, metrics_path = run_dir / checkpoint.CHECKPOINT_NAME, run_dir / METRICS_NAME
     folder.check(resume, force)
     resuming = bool(resume) and checkpoint_path.exists()
     if resuming:
-        tensors, metadata = read_checkpoint(checkpoint_path)
-        start = checkpoint_step(metadata, checkpoint_path)
-        changes = resume_changes(checkpoint_config(metadata, checkpoint_path), cfg, start, checkpoint_path)
+        tensors, metadata = checkpoint.read_checkpoint(checkpoint_path)
+        start = checkpoint.checkpoint_step(metadata, checkpoint_path)
+        changes = resume_changes(checkpoint.checkpoint_config(metadata, checkpoint_path), cfg, start, checkpoint_path)
     train_set, heldout = build_clip_datasets(cfg)
-    model = create_tokenizer(cfg).to(device)
+    model = checkpoint.create_tokenizer(cfg).to(device)
     guide = None
     if cfg.semantic.enabled:
         guide = ClipGuide.from_config(cfg, model.codebook, device)
@@ -119,8 +110,8 @@ def _train(cfg, folder: RunFolder, resume: bool, force: bool, progress: bool, on
 
     initial = None
     if resuming:
-        restore_weights(model, tensors, metadata, checkpoint_path)
-        restore_optimizer(optimizer, tensors)
+        checkpoint.restore_weights(model, tensors, metadata, checkpoint_path)
+        checkpoint.restore_optimizer(optimizer, tensors)
         history = truncate_metrics(metrics_path, start)
         record_resume(run_dir, start, changes)
     else:
@@ -155,7 +146,7 @@ def _train(cfg, folder: RunFolder, resume: bool, force: bool, progress: bool, on
         if done % t.eval_every == 0 or last:
             keep({"step": done, "eval": evaluate_clips(model, heldout)})
         if done % t.checkpoint_every == 0 or last:
-            save_checkpoint(checkpoint_path, model, optimizer, done, cfg)
+            checkpoint.save_checkpoint(checkpoint_path, model, optimizer, done, cfg)
         step = done
         if last:
             break
