@@ -298,3 +298,9 @@ def generate_commands(draw) -> list[str]:
 @given(argv=generate_commands())
 def test_generate_with_random_flags_never_crashes_nor_writes_outside(tmp_path_factory, argv):
     _check_one_run(tmp_path_factory, argv)
+
+
+def test_an_argument_no_flag_takes_is_named_with_its_command():
+    """Found by the fuzz test above: a stray '-1e+16' was reported by the top parser, without the
+    command's name."""
+    _check_parse(["fewshot", "a", "--ways", "2", "-1e+16"])

@@ -85,6 +85,13 @@ def test_echo_logprobs_of_any_type_or_value(values):
     assert math.isfinite(score) and score <= 1e-4 * len(values)
 
 
+def test_finite_logprobs_whose_sum_overflows_are_a_clear_llm_error():
+    """Found by the test above: each value finite, their sum -inf."""
+    reply = _echo_reply([" w0", " w1"], [-1e308, -1e308], [0, 3])
+    with pytest.raises(LLMError, match="sum to -inf"):
+        parse_continuation_logprob(0, 6)(reply)
+
+
 @pytest.mark.parametrize("bad", ["-1.5", {"v": -1.0}, float("nan"), float("-inf"), float("inf"),
                                  True, 3.0])
 def test_bad_logprobs_are_one_clear_llm_error(bad):

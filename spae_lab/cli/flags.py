@@ -29,6 +29,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        # argparse reports arguments no command took from the top parser; name the command that
+        # was given them instead, as its other errors do
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(namespace, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)")
+        return namespace
+
 
 def integer(least: int, most: int = MAX_COUNT) -> Callable[[str], int]:
     """An argparse type: an int in [least, most]."""

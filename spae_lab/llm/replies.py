@@ -142,6 +142,8 @@ def parse_continuation_logprob(start: int, end: int) -> Callable[[object], float
         if counted == 0:
             raise LLMError("the server's echoed tokens do not cover the continuation "
                            f"(characters {start}..{end}); cannot score it")
+        if not math.isfinite(total):  # each one finite, their sum beyond a float's range
+            raise LLMError(f"the server's logprobs sum to {total} over characters {start}..{end}")
         return total
     return parse
 
