@@ -10,6 +10,7 @@ playwright is a failure, not a skip. Screenshots go to $SPAE_LAB_SCREENSHOTS whe
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,7 +28,6 @@ NO_APP = {"03_reconstruction", "07_video"}  # figures and tables; 07's clips pla
 TOKEN = "spae-lab-browser-test"
 NOTEBOOK_SECONDS = 420  # one notebook's Run All, generous for a cold cache on a busy machine
 
-pytestmark = pytest.mark.slow
 
 
 def _requirements():
@@ -158,6 +158,39 @@ def _run_all(page, name: str) -> dict:
     raise AssertionError(f"{name}: Run All did not finish in {NOTEBOOK_SECONDS} s: {page.evaluate(_STATE)}")
 
 
+# jupyter_server (2.21) registers a starting kernel before it sets the kernel's `last_activity`;
+# a GET /api/kernels in that window reads the unset trait, whose TraitError its `list_kernels` does
+# not catch (it skips only KeyError), and answers 500 to that one poll; JupyterLab polls again.
+# That race, and only it, is forgiven: each forgiven 500 must have its TraitError in the server log.
+_KERNEL_LIST_RACE = "The 'last_activity' trait of a ServerKernelManager instance expected a datetime"
+_FAILED_RESOURCE = "console error: Failed to load resource: the server responded with a status of 500"
+
+
+def _without_kernel_list_race(problems: list[str], server_log: list[str]) -> list[str]:
+    races = sum(_KERNEL_LIST_RACE in line for line in server_log)
+    listings = [p for p in problems if re.fullmatch(r"HTTP 500: GET \S+/api/kernels(\?\S*)?", p)]
+    if not listings or len(listings) > races:
+        return problems
+    kept = [p for p in problems if p not in listings]
+    for _ in listings:  # the browser logs each failed request once more
+        echo = next((p for p in kept if p.startswith(_FAILED_RESOURCE)), None)
+        if echo is not None:
+            kept.remove(echo)
+    return kept
+
+
+def test_only_the_kernel_list_race_is_forgiven():
+    poll = "HTTP 500: GET http://127.0.0.1:1/api/kernels?1796367224562"
+    echo = f"{_FAILED_RESOURCE} (Internal Server Error)"
+    race_log = [f"traitlets.traitlets.TraitError: {_KERNEL_LIST_RACE}, not the NoneType None."]
+    assert _without_kernel_list_race([poll, echo], race_log) == []
+    assert _without_kernel_list_race([poll, echo], []) == [poll, echo]  # no race in the log: kept
+    other = "HTTP 500: GET http://127.0.0.1:1/api/contents/notebooks"
+    assert _without_kernel_list_race([other, echo], race_log) == [other, echo]
+    assert _without_kernel_list_race([poll, poll, echo, echo], race_log) == [poll, poll, echo, echo]
+    assert _without_kernel_list_race([poll, echo, "page error: x"], race_log) == ["page error: x"]
+
+
 def _html(app, selector: str) -> str:
     return app.locator(selector).first.inner_html()
 
@@ -205,6 +238,7 @@ def _drive(app, kind: str) -> list[str]:
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_its_apps_respond_in_jupyterlab(lab, browser, path):
     page = browser.new_page()
@@ -241,6 +275,7 @@ def test_notebook_runs_and_its_apps_respond_in_jupyterlab(lab, browser, path):
         state = page.evaluate(_STATE)
         assert not state["errors"], f"{path.stem}: error outputs after driving the apps {state['errors']}"
         server_log = (lab["home"] / "jupyterlab.log").read_text(errors="replace").splitlines()
+        problems = _without_kernel_list_race(problems, server_log)
         assert not problems, (f"{path.stem}: JavaScript errors: {problems[:5]}; server log: "
                               f"{[line for line in server_log if ' 500 ' in line or 'Error' in line][-5:]}")
     finally:
