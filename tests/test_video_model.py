@@ -1,5 +1,6 @@
 """The clip pyramid (layout, SAQ over (t, h, w) regions, exact inverse) and ClipSPAE's API
-(spae_lab.video.model), and the shipped `moving-scenes`."""
+(spae_lab.video.model), a clip tokenizer started from an image one (clip.init_from, spae_lab.video.train),
+and the shipped `moving-scenes`."""
 
 import pytest
 import torch
@@ -139,3 +140,60 @@ def test_inference_settings_keep_the_weights(tiny):
     clips = torch.stack([MovingScenes(2, "heldout", 0, 16, 4)[i]["video"] for i in range(2)])
     assert all(torch.equal(a, b) for a, b in zip(model.encode(clips).ids, reader.encode(clips).ids, strict=True))
     assert clip_layout_summary(model).startswith("4 frames of 16 px; latent 2 x ")
+
+
+def _image_tokenizer_file(tmp_path, **model):
+    """A fresh image tokenizer with video-tiny's 2D network, saved as a checkpoint file."""
+    from spae_lab.checkpoint import save_checkpoint
+    from spae_lab.config import create_config
+
+    torch.manual_seed(1)
+    cfg = create_config("tiny", {"semantic.enabled": False, "codebook.max_size": 1024, "model.image_size": 16,
+                                 "model.base_channels": 16, "model.channel_mults": (1, 2),
+                                 "model.latent_channels": 32, "model.layer_sizes": (1, 2, 4, 8),
+                                 **{f"model.{k}": v for k, v in model.items()}})
+    image = create_tokenizer(cfg).eval()
+    path = tmp_path / "image.safetensors"
+    save_checkpoint(path, image, None, 0, cfg)
+    return image, path
+
+
+def test_a_clip_tokenizer_started_from_an_image_one_is_that_one_frame_by_frame(tmp_path):
+    """clip.init_from: the 2D halves and projections are copied and the temporal blocks start as
+    the identity, so the clip tokenizer's latents and decodes are the image tokenizer's per frame."""
+    from spae_lab.video.model import start_from_image_tokenizer
+
+    image, path = _image_tokenizer_file(tmp_path)
+    cfg = create_clip_config("video-tiny", {"semantic.enabled": False, "clip.time_downsample": 1,
+                                            "clip.init_from": str(path)})
+    clip_model = create_tokenizer(cfg).eval()
+    assert start_from_image_tokenizer(clip_model, str(path)) == len(image.state_dict())
+    clips = torch.stack([MovingScenes(2, "heldout", 0, 16, 4)[i]["video"] for i in range(2)])
+    frames = clips.transpose(1, 2).reshape(-1, 3, 16, 16)  # (B*T, 3, S, S), frame-major per clip
+    with torch.no_grad():
+        z = clip_model.encode_latents(clips)
+        assert torch.allclose(z.reshape(-1, 64, z.shape[-1]), image.encode_latents(frames), atol=1e-5)
+        decoded = clip_model.decode_latents(z).transpose(1, 2).reshape(-1, 3, 16, 16)
+        assert torch.allclose(decoded, image.decode_latents(image.encode_latents(frames)), atol=1e-5)
+
+
+def test_a_clip_tokenizer_refuses_an_image_tokenizer_of_another_shape(tmp_path):
+    from spae_lab.video.model import start_from_image_tokenizer
+
+    _, path = _image_tokenizer_file(tmp_path, base_channels=8)
+    clip_model = create_tokenizer(create_clip_config("video-tiny", {"semantic.enabled": False}))
+    with pytest.raises(ConfigError, match=r"model\.base_channels is 8, this clip tokenizer's is 16"):
+        start_from_image_tokenizer(clip_model, str(path))
+
+
+def test_a_new_clip_run_starts_from_the_image_tokenizer_it_names(tmp_path):
+    from spae_lab.checkpoint import read_checkpoint
+    from spae_lab.video.train import train_clips
+
+    image, path = _image_tokenizer_file(tmp_path)
+    cfg = create_clip_config("video-tiny", {"semantic.enabled": False, "clip.init_from": str(path),
+                                            "train.num_threads": 1, "train.steps": 1, "train.lr": 1e-7})
+    train_clips(cfg, tmp_path / "run", progress=False)
+    tensors, _ = read_checkpoint(tmp_path / "run")
+    for name, weight in image.state_dict().items():  # one step at a tiny learning rate: still the image's
+        assert torch.allclose(tensors[f"model.{name}"], weight, atol=1e-5), name

@@ -27,6 +27,9 @@ class ClipConfig:
     # per guided layer, how the teacher reads a codebook word: layer 1 as a thing ("{}"), layer 2
     # as a motion ("moving {}"); one entry per entry of semantic.top_k
     word_templates: tuple[str, ...] = ("{}", "moving {}")
+    # an image tokenizer (shipped name, run folder or checkpoint) whose 2D halves, codebook
+    # projections and semantic head start a new run's ("": a random start); resumed runs keep theirs
+    init_from: str = ""
 
     @property
     def latent_frames(self) -> int:

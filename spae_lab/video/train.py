@@ -31,6 +31,7 @@ from spae_lab.training.runs import (
 from spae_lab.video.config import ClipExperimentConfig
 from spae_lab.video.data import MovingDigits, MovingScenes
 from spae_lab.video.evaluate import evaluate_clips
+from spae_lab.video.model import start_from_image_tokenizer
 from spae_lab.video.semantic import ClipGuide
 
 
@@ -117,6 +118,8 @@ def _train(cfg, folder: RunFolder, resume: bool, force: bool, progress: bool, on
     else:
         start = 0
         metrics_path.unlink(missing_ok=True)
+        if cfg.clip.init_from:
+            start_from_image_tokenizer(model, cfg.clip.init_from)
         initial = evaluate_clips(model, heldout)
         keep({"step": 0, "eval": initial})
     atomic_write_text(run_dir / "config.json", cfg.to_json())
