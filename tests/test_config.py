@@ -75,9 +75,14 @@ def test_valid_numbers_round_trip(steps, lr):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_shipped_config_files_are_valid(path):
+    """Image configs on the small preset, clip configs (a clip dataset) on video-small."""
     import yaml
 
-    cfg = create_config("small", yaml.safe_load(path.read_text()))
+    from spae_lab.video.config import CLIP_DATASETS, create_clip_config
+
+    overrides = yaml.safe_load(path.read_text())
+    clip = overrides.get("data.dataset") in CLIP_DATASETS
+    cfg = create_clip_config("video-small", overrides) if clip else create_config("small", overrides)
     assert cfg.train.steps > 0
 
 

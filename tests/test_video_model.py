@@ -1,6 +1,6 @@
 """The clip pyramid (layout, SAQ over (t, h, w) regions, exact inverse) and ClipSPAE's API
-(spae_lab.video.model), a clip tokenizer started from an image one (clip.init_from, spae_lab.video.train),
-and the shipped `moving-scenes`."""
+(spae_lab.video.model), a clip tokenizer started from an image one (clip.init_from in
+spae_lab.video.train), and the shipped `moving-scenes`."""
 
 import pytest
 import torch
@@ -161,7 +161,7 @@ def _image_tokenizer_file(tmp_path, **model):
 def test_a_clip_tokenizer_started_from_an_image_one_is_that_one_frame_by_frame(tmp_path):
     """clip.init_from: the 2D halves and projections are copied and the temporal blocks start as
     the identity, so the clip tokenizer's latents and decodes are the image tokenizer's per frame."""
-    from spae_lab.video.model import start_from_image_tokenizer
+    from spae_lab.video.train import start_from_image_tokenizer
 
     image, path = _image_tokenizer_file(tmp_path)
     cfg = create_clip_config("video-tiny", {"semantic.enabled": False, "clip.time_downsample": 1,
@@ -178,7 +178,7 @@ def test_a_clip_tokenizer_started_from_an_image_one_is_that_one_frame_by_frame(t
 
 
 def test_a_clip_tokenizer_refuses_an_image_tokenizer_of_another_shape(tmp_path):
-    from spae_lab.video.model import start_from_image_tokenizer
+    from spae_lab.video.train import start_from_image_tokenizer
 
     _, path = _image_tokenizer_file(tmp_path, base_channels=8)
     clip_model = create_tokenizer(create_clip_config("video-tiny", {"semantic.enabled": False}))

@@ -25,7 +25,7 @@ from einops import rearrange
 from torch import nn
 
 from spae_lab.codebook import Codebook, load_codebook
-from spae_lab.config import ConfigError, ModelConfig, apply_overrides
+from spae_lab.config import ModelConfig, apply_overrides
 from spae_lab.model import SPAE, ShapeError, _norm
 from spae_lab.pyramid import PyramidLayout
 from spae_lab.quantizer import QuantizerOutput, unit_rms
@@ -124,31 +124,6 @@ class ClipSPAE(SPAE):
         g, t = self.layout.grid, self.layout.frames
         x = rearrange(latents, "b (t h w) d -> b d t h w", t=t, h=g, w=g)
         return per_frame(self.decoder, self.decoder_time(per_frame(self.from_codebook, x)))
-
-
-def start_from_image_tokenizer(model: ClipSPAE, source: str) -> int:
-    """Copy the weights of an image tokenizer (a shipped name, run folder or checkpoint) into the
-    clip tokenizer's 2D halves, codebook projections and semantic head; the temporal blocks keep
-    their identity start. Returns the number of tensors copied. The two must share the frame size,
-    the 2D network and the codebook (a `ConfigError` says which setting differs)."""
-    from spae_lab.checkpoint import load_tokenizer
-
-    image = load_tokenizer(source)
-    if hasattr(image, "clip_config"):
-        raise ConfigError(f"clip.init_from {source!r} is a clip tokenizer; give an image tokenizer")
-    mine, theirs = model.experiment_config, image.experiment_config
-    for section, key in [("model", k) for k in ("image_size", "base_channels", "channel_mults", "num_res_blocks",
-                                                 "latent_channels", "codebook_projection_dim", "project_to_codebook",
-                                                 "semantic_head_mlp")] + [("codebook", None)]:
-        ours = getattr(mine, section) if key is None else getattr(mine.model, key)
-        other = getattr(theirs, section) if key is None else getattr(theirs.model, key)
-        if ours != other:
-            name = section if key is None else f"model.{key}"
-            raise ConfigError(f"clip.init_from {source!r}: its {name} is {other}, this clip tokenizer's is {ours}")
-    target, weights = model.state_dict(), image.state_dict()
-    shared = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
-    model.load_state_dict(shared, strict=False)
-    return len(shared)
 
 
 def clip_layout_summary(model: ClipSPAE) -> str:

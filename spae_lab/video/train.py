@@ -1,5 +1,6 @@
 """Training a clip tokenizer: the image loop's pieces (batches, depths, learning rate, run
-folders, checkpoints) around clips, with one semantic target per guided layer.
+folders, checkpoints) around clips, with one semantic target per guided layer. A new run may
+start from an image tokenizer's weights (`clip.init_from`).
 
 The batch and the decode depths of step s depend only on (seed, s), as for images, so `--resume`
 continues exactly with one torch thread. `spae-lab train --preset video-small` runs this.
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from spae_lab import checkpoint
+from spae_lab.config import ConfigError
 from spae_lab.data import DataError
 from spae_lab.devices import choose_num_threads, pick_device
 from spae_lab.io import atomic_write_text
@@ -31,7 +33,6 @@ from spae_lab.training.runs import (
 from spae_lab.video.config import ClipExperimentConfig
 from spae_lab.video.data import MovingDigits, MovingScenes
 from spae_lab.video.evaluate import evaluate_clips
-from spae_lab.video.model import start_from_image_tokenizer
 from spae_lab.video.semantic import ClipGuide
 
 
@@ -49,6 +50,29 @@ def build_clip_datasets(cfg: ClipExperimentConfig):
         raise DataError(f"unknown clip dataset {d.dataset!r}: moving-scenes, moving-digits or a folder of clips")
     return (ClipFolderDataset(d.dataset, size, frames, split="train", seed=seed),
             ClipFolderDataset(d.dataset, size, frames, split="heldout", seed=seed))
+
+
+def start_from_image_tokenizer(model, source: str) -> int:
+    """Copy the weights of an image tokenizer (a shipped name, run folder or checkpoint) into the
+    clip tokenizer's 2D halves, codebook projections and semantic head; the temporal blocks keep
+    their identity start. Returns the number of tensors copied. The two must share the frame size,
+    the 2D network and the codebook (a `ConfigError` says which setting differs)."""
+    image = checkpoint.load_tokenizer(source)
+    if hasattr(image, "clip_config"):
+        raise ConfigError(f"clip.init_from {source!r} is a clip tokenizer; give an image tokenizer")
+    mine, theirs = model.experiment_config, image.experiment_config
+    for section, key in [("model", k) for k in ("image_size", "base_channels", "channel_mults", "num_res_blocks",
+                                                 "latent_channels", "codebook_projection_dim", "project_to_codebook",
+                                                 "semantic_head_mlp")] + [("codebook", None)]:
+        ours = getattr(mine, section) if key is None else getattr(mine.model, key)
+        other = getattr(theirs, section) if key is None else getattr(theirs.model, key)
+        if ours != other:
+            name = section if key is None else f"model.{key}"
+            raise ConfigError(f"clip.init_from {source!r}: its {name} is {other}, this clip tokenizer's is {ours}")
+    target, weights = model.state_dict(), image.state_dict()
+    shared = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False)
+    return len(shared)
 
 
 def clip_losses(out, clips: torch.Tensor, cfg: ClipExperimentConfig, model, guide: ClipGuide | None,
