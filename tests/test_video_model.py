@@ -197,3 +197,16 @@ def test_a_new_clip_run_starts_from_the_image_tokenizer_it_names(tmp_path):
     tensors, _ = read_checkpoint(tmp_path / "run")
     for name, weight in image.state_dict().items():  # one step at a tiny learning rate: still the image's
         assert torch.allclose(tensors[f"model.{name}"], weight, atol=1e-5), name
+
+
+def test_the_shipped_clip_tokenizer_s_first_two_words_are_its_teacher_s():
+    """Read with model.top_word = teacher, layers 1-2 hold the clip teacher's words whatever the
+    weights: what SmolLM2 reads of a clip does not change when the tokenizer is retrained."""
+    from spae_lab import load_tokenizer
+
+    model = load_tokenizer("moving-scenes")
+    scenes = MovingScenes(8, "heldout", 5, model.config.image_size, model.frames)
+    clips = torch.stack([scenes[i]["video"] for i in range(8)])
+    pyramid = model.encode(clips)
+    top = model.top_word_guide.top_words(clips)
+    assert all(torch.equal(pyramid.ids[layer], top[layer][:, :1]) for layer in range(2))

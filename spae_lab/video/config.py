@@ -59,9 +59,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
                    "train.eval_every": 10, "train.figure_every": 10, "train.checkpoint_every": 10},
     # CPU: 32 px, 8 frames, an 8 x 8 x 8 latent grid; layers 1-2 one word each for the clip (what it
     # shows, how it moves), 3-4 over halves and quarters of it, then 2x2, 4x4, 8x8 words a frame:
-    # 1, 2, 4, 8, 40, 168, 680 words, the image pyramid's count (85 a frame) at full depth
+    # 1, 2, 4, 8, 40, 168, 680 words, the image pyramid's count (85 a frame) at full depth. The 2D
+    # halves start from the shipped image tokenizer `scenes`, at a learning rate low enough to keep
+    # that start (docs/video.md)
     "video-small": {**_BASE, "model.layer_sizes": (1, 1, 1, 1, 2, 4, 8), "data.num_images": 20000,
-                    "train.steps": 1500, "train.batch_size": 8},
+                    "clip.init_from": "scenes", "train.lr": 1e-4, "train.steps": 1500, "train.batch_size": 8},
 }
 
 
