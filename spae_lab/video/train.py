@@ -61,14 +61,14 @@ def start_from_image_tokenizer(model, source: str) -> int:
     if hasattr(image, "clip_config"):
         raise ConfigError(f"clip.init_from {source!r} is a clip tokenizer; give an image tokenizer")
     mine, theirs = model.experiment_config, image.experiment_config
-    for section, key in [("model", k) for k in ("image_size", "base_channels", "channel_mults", "num_res_blocks",
-                                                 "latent_channels", "codebook_projection_dim", "project_to_codebook",
-                                                 "semantic_head_mlp")] + [("codebook", None)]:
-        ours = getattr(mine, section) if key is None else getattr(mine.model, key)
-        other = getattr(theirs, section) if key is None else getattr(theirs.model, key)
+    for key in ("image_size", "base_channels", "channel_mults", "num_res_blocks", "latent_channels",
+                "codebook_projection_dim", "project_to_codebook", "semantic_head_mlp"):
+        ours, other = getattr(mine.model, key), getattr(theirs.model, key)
         if ours != other:
-            name = section if key is None else f"model.{key}"
-            raise ConfigError(f"clip.init_from {source!r}: its {name} is {other}, this clip tokenizer's is {ours}")
+            raise ConfigError(f"clip.init_from {source!r}: its model.{key} is {other}, this clip tokenizer's is {ours}")
+    if mine.codebook != theirs.codebook:
+        raise ConfigError(f"clip.init_from {source!r}: its codebook is {theirs.codebook}, this clip tokenizer's "
+                          f"is {mine.codebook}")
     target, weights = model.state_dict(), image.state_dict()
     shared = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
     model.load_state_dict(shared, strict=False)
