@@ -29,7 +29,6 @@ TOKEN = "spae-lab-browser-test"
 NOTEBOOK_SECONDS = 420  # one notebook's Run All, generous for a cold cache on a busy machine
 
 
-
 def _requirements():
     """Chromium and playwright, or a skip (a failure under CI)."""
     binary = find_chromium()

@@ -115,6 +115,8 @@ def _train(cfg, folder: RunFolder, resume: bool, force: bool, progress: bool, on
         changes = resume_changes(checkpoint.checkpoint_config(metadata, checkpoint_path), cfg, start, checkpoint_path)
     train_set, heldout = build_clip_datasets(cfg)
     model = checkpoint.create_tokenizer(cfg).to(device)
+    if cfg.clip.init_from and not resuming:  # before the teacher's cache: a bad name fails at once
+        start_from_image_tokenizer(model, cfg.clip.init_from)
     guide = None
     if cfg.semantic.enabled:
         guide = ClipGuide.from_config(cfg, model.codebook, device)
@@ -142,8 +144,6 @@ def _train(cfg, folder: RunFolder, resume: bool, force: bool, progress: bool, on
     else:
         start = 0
         metrics_path.unlink(missing_ok=True)
-        if cfg.clip.init_from:
-            start_from_image_tokenizer(model, cfg.clip.init_from)
         initial = evaluate_clips(model, heldout)
         keep({"step": 0, "eval": initial})
     atomic_write_text(run_dir / "config.json", cfg.to_json())
